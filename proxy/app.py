@@ -1,0 +1,105 @@
+"""``create_app(settings)``: cleanup contexts, middlewares and routes. No I/O at import."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from .auth import Authenticator
+from .call import Call, Reply
+from .config import Settings
+from .handlers.health import healthz, metrics_handler, readyz
+from .handlers.models import models_handler, setup_models
+from .handlers.proxy import ProxyDoor, proxy_handler
+from .keys import AUTH, DOOR, METRICS, READINESS, REDIS, ROUTER, SETTINGS
+from .metrics import Metrics
+from .middlewares import auth_middleware, error_middleware
+from .upstream import Router, Upstream
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+
+async def upstream_stage(call: Call) -> Reply:
+    """The last stage: send the call to its upstream."""
+    return await call.upstream.send(call)
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    url = app[SETTINGS].redis.url
+    if not url:
+        app[REDIS] = None
+        yield
+        return
+    client = Redis.from_url(url, socket_connect_timeout=1.0, health_check_interval=10)
+    app[REDIS] = client
+
+    async def check() -> str | None:
+        try:
+            await client.ping()
+        except (TimeoutError, RedisError, OSError) as exc:
+            return f"redis unreachable: {type(exc).__name__}"
+        return None
+
+    app[READINESS]["redis"] = check
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One pooled keep-alive session per upstream, for the life of the app."""
+    settings = app[SETTINGS]
+    sessions: list[aiohttp.ClientSession] = []
+    upstreams = []
+    for up in settings.upstreams:
+        connector = aiohttp.TCPConnector(
+            limit=up.max_connections, limit_per_host=up.max_connections, ttl_dns_cache=300
+        )
+        session = aiohttp.ClientSession(
+            connector=connector,
+            skip_auto_headers=("User-Agent",),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        sessions.append(session)
+        upstreams.append(Upstream(up, session))
+    router = Router(settings, upstreams)
+    app[ROUTER] = router
+    app[DOOR] = ProxyDoor(
+        router=router, pipeline=upstream_stage, max_body_bytes=settings.server.max_body_bytes
+    )
+    try:
+        yield
+    finally:
+        for session in sessions:
+            await session.close()
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the proxy application; every resource opens in a cleanup context."""
+    auth = Authenticator(settings.auth)
+    app = web.Application(
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[error_middleware, auth_middleware(auth)],
+    )
+    app[SETTINGS] = settings
+    app[AUTH] = auth
+    app[METRICS] = Metrics()
+    app[READINESS] = {}
+    setup_models(app)
+    app.cleanup_ctx.append(redis_ctx)
+    app.cleanup_ctx.append(upstreams_ctx)
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/v1/models", models_handler)
+    app.router.add_route("*", "/v1/{tail:.*}", proxy_handler)
+    return app

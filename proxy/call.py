@@ -1,0 +1,125 @@
+"""What travels through the pipeline: a :class:`Call` down, a :class:`Reply` back up."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from multidict import CIMultiDict
+
+if TYPE_CHECKING:
+    from .upstream import Upstream
+
+__all__ = ["CacheControl", "Call", "Next", "Reply", "NO_CONTROL"]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheControl:
+    """Per-request cache directives (``Cache-Control`` and ``X-Cache-TTL`` request headers)."""
+
+    no_cache: bool = False
+    no_store: bool = False
+    only_if_cached: bool = False
+    max_age_s: float | None = None
+    ttl_s: float | None = None
+
+    @classmethod
+    def parse(cls, cache_control: str | None, x_cache_ttl: str | None) -> CacheControl:
+        if not cache_control and not x_cache_ttl:
+            return NO_CONTROL
+        no_cache = no_store = only_if_cached = False
+        max_age: float | None = None
+        for part in (cache_control or "").split(","):
+            name, _, value = part.strip().lower().partition("=")
+            if name == "no-cache":
+                no_cache = True
+            elif name == "no-store":
+                no_store = True
+            elif name == "only-if-cached":
+                only_if_cached = True
+            elif name == "max-age":
+                max_age = _seconds(value.strip('"'))
+        ttl = _seconds(x_cache_ttl) if x_cache_ttl else None
+        return cls(no_cache, no_store, only_if_cached, max_age, ttl)
+
+    @property
+    def may_share(self) -> bool:
+        """Whether this request may read the cache or join another's call."""
+        return not (self.no_cache or self.no_store)
+
+
+def _seconds(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+NO_CONTROL = CacheControl()
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One upstream-bound request. Built once by a door; stages only read it.
+
+    ``headers`` are the client's headers already stripped of hop-by-hop and credential headers;
+    ``credential`` is the client's own ``Authorization`` value to forward in passthrough mode
+    (``None``: the upstream's configured key is used).
+    """
+
+    tenant: str
+    upstream: Upstream
+    method: str
+    path: str
+    body: bytes
+    json: dict[str, Any] | None = None
+    query: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    credential: str | None = None
+    model: str | None = None
+    stream: bool = False
+    cache: CacheControl = NO_CONTROL
+    #: The cache key (hex SHA-256 of the canonical request), set by the cache stage when the
+    #: call is cacheable; the coalescing stages share it. ``None``: not cacheable.
+    key: str | None = None
+
+    def with_body(self, data: dict[str, Any], body: bytes) -> Call:
+        return replace(self, json=data, body=body)
+
+    def with_key(self, key: str | None) -> Call:
+        return replace(self, key=key)
+
+
+ChunkSource = AsyncIterator[bytes]
+
+
+@dataclass(slots=True)
+class Reply:
+    """An upstream's answer: complete ``body`` bytes, or a ``stream`` of chunks.
+
+    A streamed reply must be closed (``aclose``) by whoever consumes it, so that the upstream
+    connection is released at once when the client goes away.
+    """
+
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes | None = None
+    stream: ChunkSource | None = None
+    closer: Callable[[], Awaitable[None]] | None = None
+    #: Set on a reply that was produced by another request's upstream call (coalescing), so that
+    #: stages above do not store it again.
+    follower: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    async def aclose(self) -> None:
+        if self.closer is not None:
+            closer, self.closer = self.closer, None
+            await closer()
+
+
+Next = Callable[[Call], Awaitable[Reply]]

@@ -1,0 +1,29 @@
+"""Typed keys for the objects the app shares between handlers (``app[KEY]``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from .auth import Authenticator
+    from .config import Settings
+    from .handlers.proxy import ProxyDoor
+    from .metrics import Metrics
+    from .upstream import Router
+
+__all__ = ["AUTH", "DOOR", "IDENTITY", "METRICS", "READINESS", "REDIS", "ROUTER", "SETTINGS"]
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+AUTH: web.AppKey[Authenticator] = web.AppKey("auth")
+ROUTER: web.AppKey[Router] = web.AppKey("router")
+DOOR: web.AppKey[ProxyDoor] = web.AppKey("door")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+#: ``redis.asyncio.Redis`` when ``redis.url`` is set, else ``None``.
+REDIS: web.AppKey[Any] = web.AppKey("redis")
+#: ``/readyz`` checks: name -> async callable returning an error text, or ``None`` when fine.
+READINESS: web.AppKey[dict[str, Any]] = web.AppKey("readiness")
+
+#: Per-request: the caller's :class:`~proxy.auth.Identity`, set by the auth middleware.
+IDENTITY = "llm_proxy.identity"

@@ -1,0 +1,198 @@
+"""Upstreams: routing by model, one pooled session each, header filtering, error mapping."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from .call import Call, Reply
+from .config import Settings, UpstreamSettings
+from .errors import ModelNotFound, NotFound, UpstreamError, UpstreamTimeout
+
+__all__ = ["Router", "Upstream", "forward_headers", "reply_headers"]
+
+log = logging.getLogger(__name__)
+
+#: Never forwarded in either direction (RFC 9110 7.6.1), plus what aiohttp sets itself.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+#: Request headers the proxy owns: credentials and its own controls.
+_REQUEST_DROP = HOP_BY_HOP | {
+    "authorization",
+    "api-key",
+    "accept-encoding",
+    "cache-control",
+    "x-cache-ttl",
+    "prefer",
+    "idempotency-key",
+}
+#: The body is decompressed by the client session, so these no longer describe it.
+_REPLY_DROP = HOP_BY_HOP | {"content-encoding", "date", "server"}
+
+
+def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
+    value = headers.get("Connection")
+    return {t.strip().lower() for t in value.split(",")} if value else set()
+
+
+def forward_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The client's headers that go upstream (no hop-by-hop, no credentials)."""
+    drop = _REQUEST_DROP | _connection_tokens(headers) if "Connection" in headers else _REQUEST_DROP
+    return {k: v for k, v in headers.items() if k.lower() not in drop}
+
+
+def reply_headers(headers: CIMultiDictProxy[str] | Mapping[str, str]) -> CIMultiDict[str]:
+    """The upstream's headers that go back to the client."""
+    drop = _REPLY_DROP | _connection_tokens(headers) if "Connection" in headers else _REPLY_DROP
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+def _is_streamed(content_type: str) -> bool:
+    """Event streams and binary bodies are passed through as they arrive; JSON is read whole."""
+    if not content_type:
+        return False
+    ctype = content_type.split(";", 1)[0].strip().lower()
+    return ctype == "text/event-stream" or not (ctype.endswith("json") or ctype.startswith("text/"))
+
+
+class Upstream:
+    """One OpenAI-compatible server and the pooled session that talks to it."""
+
+    def __init__(self, settings: UpstreamSettings, session: aiohttp.ClientSession) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.session = session
+        self.base_url = settings.base_url
+        self._auth = f"Bearer {settings.api_key}" if settings.api_key else None
+        self._extra_headers = dict(settings.headers)
+        self._timeout = aiohttp.ClientTimeout(
+            total=settings.total_timeout_s,
+            sock_connect=settings.connect_timeout_s,
+            sock_read=settings.first_byte_timeout_s,
+        )
+        exact = [m for m in settings.models if not _has_glob(m)]
+        globs = [fnmatch.translate(m) for m in settings.models if _has_glob(m)]
+        self._exact = frozenset(exact)
+        self._pattern = re.compile("|".join(globs)) if globs else None
+
+    def serves(self, model: str) -> bool:
+        return model in self._exact or (
+            self._pattern is not None and self._pattern.match(model) is not None
+        )
+
+    def url(self, path: str, query: str = "") -> str:
+        # Client paths start with /v1; the base URL already ends where /v1 would be.
+        rest = path[3:] if path.startswith("/v1") else path
+        return f"{self.base_url}{rest}?{query}" if query else f"{self.base_url}{rest}"
+
+    def request_headers(self, call: Call) -> dict[str, str]:
+        headers = dict(call.headers)
+        if self._extra_headers:
+            headers.update(self._extra_headers)
+        auth = call.credential or self._auth
+        if auth:
+            headers["Authorization"] = auth
+        return headers
+
+    async def send(self, call: Call, *, data: Any = None) -> Reply:
+        """Send ``call`` and return the reply; a JSON body is read whole, streams are not."""
+        try:
+            resp = await self.session.request(
+                call.method,
+                self.url(call.path, call.query),
+                data=call.body if data is None else data,
+                headers=self.request_headers(call),
+                timeout=self._timeout,
+                allow_redirects=False,
+            )
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"upstream {self.name!r} did not answer in time") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(f"upstream {self.name!r} is unreachable") from exc
+        headers = reply_headers(resp.headers)
+        if _is_streamed(resp.headers.get("Content-Type", "")):
+            return Reply(
+                resp.status, headers, stream=_chunks(resp, self.name), closer=_closer(resp)
+            )
+        try:
+            body = await resp.read()
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"upstream {self.name!r} did not answer in time") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(f"upstream {self.name!r} broke off its answer") from exc
+        finally:
+            resp.release()
+        return Reply(resp.status, headers, body=body)
+
+
+def _has_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def _closer(resp: aiohttp.ClientResponse) -> Any:
+    async def close() -> None:
+        # close(), not release(): an unfinished body must not return the connection to the pool.
+        if resp.content.at_eof():
+            resp.release()
+        else:
+            resp.close()
+
+    return close
+
+
+async def _chunks(resp: aiohttp.ClientResponse, name: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in resp.content.iter_any():
+            yield chunk
+    except TimeoutError as exc:
+        raise UpstreamTimeout(f"upstream {name!r} stalled mid-stream") from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise UpstreamError(f"upstream {name!r} broke off its stream") from exc
+
+
+class Router:
+    """Picks the upstream for a model: alias first, then the first match, then the default."""
+
+    def __init__(self, settings: Settings, upstreams: Iterable[Upstream]) -> None:
+        self.upstreams = {u.name: u for u in upstreams}
+        self.aliases = dict(settings.routing.model_aliases)
+        default = settings.default_upstream
+        self.default = self.upstreams[default] if default else None
+        self._memo: dict[str, Upstream | None] = {}
+
+    def resolve(self, model: str) -> tuple[str, Upstream]:
+        """The model name to forward and its upstream; :class:`ModelNotFound` if none."""
+        model = self.aliases.get(model, model)
+        try:
+            upstream = self._memo[model]
+        except KeyError:
+            upstream = next((u for u in self.upstreams.values() if u.serves(model)), self.default)
+            if len(self._memo) < 10_000:
+                self._memo[model] = upstream
+        if upstream is None:
+            raise ModelNotFound(f"The model `{model}` is not served by this proxy", param="model")
+        return model, upstream
+
+    def default_or_404(self) -> Upstream:
+        if self.default is None:
+            raise NotFound("No upstream is configured for this route (no default upstream)")
+        return self.default
