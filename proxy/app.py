@@ -11,12 +11,27 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .auth import Authenticator
-from .call import Call, Reply
+from .cache import add_cache_routes, cache_ctx
+from .call import Call, Next, Reply
+from .coalesce import coalesce_ctx
 from .config import Settings
 from .handlers.health import healthz, metrics_handler, readyz
 from .handlers.models import models_handler, setup_models
 from .handlers.proxy import ProxyDoor, proxy_handler
-from .keys import AUTH, DOOR, METRICS, READINESS, REDIS, ROUTER, SETTINGS
+from .jobs import add_job_routes, jobs_ctx
+from .keys import (
+    AUTH,
+    BATCHER,
+    CACHE,
+    DOOR,
+    METRICS,
+    PIPELINE,
+    READINESS,
+    REDIS,
+    ROUTER,
+    SETTINGS,
+    SINGLEFLIGHT,
+)
 from .metrics import Metrics
 from .middlewares import auth_middleware, error_middleware
 from .upstream import Router, Upstream
@@ -70,16 +85,26 @@ async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         sessions.append(session)
         upstreams.append(Upstream(up, session))
-    router = Router(settings, upstreams)
-    app[ROUTER] = router
-    app[DOOR] = ProxyDoor(
-        router=router, pipeline=upstream_stage, max_body_bytes=settings.server.max_body_bytes
-    )
+    app[ROUTER] = Router(settings, upstreams)
     try:
         yield
     finally:
         for session in sessions:
             await session.close()
+
+
+async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Compose the stages: cache -> singleflight -> batcher -> upstream; build the HTTP door."""
+    pipeline: Next = upstream_stage
+    for key in (BATCHER, SINGLEFLIGHT, CACHE):
+        stage = app[key]
+        if stage is not None:
+            pipeline = stage.wrap(pipeline)
+    app[PIPELINE] = pipeline
+    app[DOOR] = ProxyDoor(
+        router=app[ROUTER], pipeline=pipeline, max_body_bytes=app[SETTINGS].server.max_body_bytes
+    )
+    yield
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -94,12 +119,19 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = Metrics()
     app[READINESS] = {}
     setup_models(app)
+    # Order matters: each context may use what the ones before it opened.
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(upstreams_ctx)
+    app.cleanup_ctx.append(cache_ctx)
+    app.cleanup_ctx.append(coalesce_ctx)
+    app.cleanup_ctx.append(pipeline_ctx)
+    app.cleanup_ctx.append(jobs_ctx)
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/v1/models", models_handler)
+    add_cache_routes(app)
+    add_job_routes(app)
     app.router.add_route("*", "/v1/{tail:.*}", proxy_handler)
     return app

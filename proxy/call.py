@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from multidict import CIMultiDict
 
 if TYPE_CHECKING:
     from .upstream import Upstream
 
-__all__ = ["CacheControl", "Call", "Next", "Reply", "NO_CONTROL"]
+__all__ = ["NO_CONTROL", "CacheControl", "Call", "Next", "Reply", "Stage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,3 +123,9 @@ class Reply:
 
 
 Next = Callable[[Call], Awaitable[Reply]]
+
+
+class Stage(Protocol):
+    """A pipeline stage: wraps the stage below it."""
+
+    def wrap(self, next_stage: Next) -> Next: ...

@@ -8,12 +8,27 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from .auth import Authenticator
+    from .call import Next, Stage
     from .config import Settings
     from .handlers.proxy import ProxyDoor
     from .metrics import Metrics
     from .upstream import Router
 
-__all__ = ["AUTH", "DOOR", "IDENTITY", "METRICS", "READINESS", "REDIS", "ROUTER", "SETTINGS"]
+__all__ = [
+    "AUTH",
+    "BATCHER",
+    "CACHE",
+    "DOOR",
+    "IDENTITY",
+    "JOBS",
+    "METRICS",
+    "PIPELINE",
+    "READINESS",
+    "REDIS",
+    "ROUTER",
+    "SETTINGS",
+    "SINGLEFLIGHT",
+]
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 AUTH: web.AppKey[Authenticator] = web.AppKey("auth")
@@ -24,6 +39,16 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 REDIS: web.AppKey[Any] = web.AppKey("redis")
 #: ``/readyz`` checks: name -> async callable returning an error text, or ``None`` when fine.
 READINESS: web.AppKey[dict[str, Any]] = web.AppKey("readiness")
+
+#: Pipeline stages, each ``None`` when switched off; composed by ``app.pipeline_ctx`` as
+#: cache -> singleflight -> batcher -> upstream.
+CACHE: web.AppKey[Any] = web.AppKey("cache")
+SINGLEFLIGHT: web.AppKey[Stage | None] = web.AppKey("singleflight")
+BATCHER: web.AppKey[Stage | None] = web.AppKey("batcher")
+#: The composed pipeline: every door (HTTP, job worker, batch runner) calls this.
+PIPELINE: web.AppKey[Next] = web.AppKey("pipeline")
+#: The job service (``proxy.jobs``), ``None`` when jobs are off.
+JOBS: web.AppKey[Any] = web.AppKey("jobs")
 
 #: Per-request: the caller's :class:`~proxy.auth.Identity`, set by the auth middleware.
 IDENTITY = "llm_proxy.identity"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -17,6 +18,8 @@ from ..upstream import Router, forward_headers
 __all__ = ["ProxyDoor", "parse_json_object", "proxy_handler", "write_reply"]
 
 log = logging.getLogger(__name__)
+
+AsyncDoor = Callable[[web.Request, Call], Awaitable[web.StreamResponse]]
 
 #: Content types that are passed through as a stream instead of parsed as JSON.
 _STREAMED_TYPES = ("multipart/", "application/octet-stream", "audio/", "image/", "video/")
@@ -47,6 +50,8 @@ class ProxyDoor:
         self.router = router
         self.pipeline = pipeline
         self.max_body_bytes = max_body_bytes
+        #: Set by the jobs feature: answers ``Prefer: respond-async`` requests with a job.
+        self.async_door: AsyncDoor | None = None
 
     async def read_body(self, request: web.Request) -> bytes:
         length = request.content_length
@@ -58,9 +63,20 @@ class ProxyDoor:
         return await request.read()
 
     def build_call(
-        self, request: web.Request, identity: Identity, body: bytes, data: dict[str, Any]
+        self,
+        *,
+        identity: Identity,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        data: dict[str, Any],
+        query: str = "",
     ) -> Call:
-        """Route by ``model`` (alias applied) and describe the upstream-bound request."""
+        """Route by ``model`` (alias applied) and describe the upstream-bound request.
+
+        Used by every door: HTTP, the job worker and the batch runner.
+        """
         model = data.get("model")
         if model is None:
             upstream = self.router.default_or_404()
@@ -74,15 +90,14 @@ class ProxyDoor:
         stream = data.get("stream", False)
         if not isinstance(stream, bool):
             raise InvalidRequest("'stream' must be a boolean", param="stream", code="invalid_type")
-        headers = request.headers
         return Call(
             tenant=identity.tenant,
             upstream=upstream,
-            method=request.method,
-            path=request.path,
+            method=method,
+            path=path,
             body=body,
             json=data,
-            query=request.query_string,
+            query=query,
             headers=forward_headers(headers),
             credential=identity.credential,
             model=model,
@@ -94,7 +109,17 @@ class ProxyDoor:
         identity: Identity = request[IDENTITY]
         if request.method == "POST" and not request.content_type.startswith(_STREAMED_TYPES):
             body = await self.read_body(request)
-            call = self.build_call(request, identity, body, parse_json_object(body))
+            call = self.build_call(
+                identity=identity,
+                method="POST",
+                path=request.path,
+                headers=request.headers,
+                body=body,
+                data=parse_json_object(body),
+                query=request.query_string,
+            )
+            if self.async_door is not None and "respond-async" in request.headers.get("Prefer", ""):
+                return await self.async_door(request, call)
             reply = await self.pipeline(call)
         else:
             reply = await self.passthrough(request, identity)

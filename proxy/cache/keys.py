@@ -1,0 +1,65 @@
+"""The cache key: SHA-256 over tenant, upstream, path and the canonical request body.
+
+Two requests that mean the same thing get the same key (key order, whitespace and number
+spelling do not matter; ``stream``, ``stream_options`` and ``cache.ignore_fields`` are dropped).
+Anything that can change the answer (model after aliasing, messages, tools, temperature, n, ...)
+changes the key. The key is a hash: no prompt text or credential ever appears in it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+from ..call import Call
+from ..config import CacheSettings
+
+__all__ = ["NEVER_IN_KEY", "canonical_body", "is_deterministic", "request_key"]
+
+#: Fields that change the transport, not the answer.
+NEVER_IN_KEY = frozenset({"stream", "stream_options"})
+
+
+def _normalise(value: Any) -> Any:
+    if isinstance(value, float):
+        # 1, 1.0 and 1e0 mean the same temperature.
+        return int(value) if value.is_integer() and abs(value) < 2**53 else value
+    if isinstance(value, dict):
+        return {k: _normalise(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalise(v) for v in value]
+    return value
+
+
+def canonical_body(data: dict[str, Any], drop: frozenset[str]) -> bytes:
+    """The request as sorted, compact JSON, without the fields in ``drop``."""
+    body = {k: _normalise(v) for k, v in data.items() if k not in drop}
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def is_deterministic(data: dict[str, Any]) -> bool:
+    """``temperature: 0`` or a ``seed``: the answer is meant to repeat."""
+    return data.get("temperature") == 0 or data.get("seed") is not None
+
+
+def request_key(
+    call: Call, *, settings: CacheSettings, drop: frozenset[str], extra: bytes = b""
+) -> str:
+    """Hex SHA-256 naming ``call``'s answer; ``extra`` narrows it (e.g. one embedding input)."""
+    assert call.json is not None
+    h = hashlib.sha256()
+    scope = "shared" if settings.shared else call.tenant
+    h.update(
+        f"v{settings.key_version}\x00{scope}\x00{call.upstream.name}\x00{call.path}\x00".encode()
+    )
+    h.update(canonical_body(call.json, drop))
+    if extra:
+        h.update(b"\x00")
+        h.update(extra)
+    return h.hexdigest()
+
+
+def drop_fields(settings: CacheSettings) -> frozenset[str]:
+    return NEVER_IN_KEY | frozenset(settings.ignore_fields)
