@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from .auth import Authenticator
+    from .auth import Authenticator, Identity
     from .call import Next, Stage
     from .config import Settings
     from .handlers.proxy import ProxyDoor
@@ -50,5 +50,5 @@ PIPELINE: web.AppKey[Next] = web.AppKey("pipeline")
 #: The job service (``proxy.jobs``), ``None`` when jobs are off.
 JOBS: web.AppKey[Any] = web.AppKey("jobs")
 
-#: Per-request: the caller's :class:`~proxy.auth.Identity`, set by the auth middleware.
-IDENTITY = "llm_proxy.identity"
+#: Per-request: the caller's identity, set by the auth middleware.
+IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity")

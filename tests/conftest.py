@@ -74,6 +74,7 @@ class Proxy:
     def __init__(self, live: LiveApp) -> None:
         self.live = live
         self.app = live.app
+        self._clients: list[openai.OpenAI] = []
 
     @property
     def url(self) -> str:
@@ -84,7 +85,14 @@ class Proxy:
         return f"{self.live.url}/v1"
 
     def client(self, api_key: str = KEY_A, **kwargs: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, **kwargs)
+        """A sync SDK client, closed when the test ends."""
+        client = openai.OpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, **kwargs)
+        self._clients.append(client)
+        return client
+
+    def close_clients(self) -> None:
+        for client in self._clients:
+            client.close()
 
     def async_client(self, api_key: str = KEY_A, **kwargs: Any) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, **kwargs)
@@ -96,18 +104,19 @@ ProxyFactory = Callable[..., Proxy]
 @pytest.fixture
 def make_proxy(bg: BackgroundLoop, fake: Fake) -> Iterator[ProxyFactory]:
     """Start proxies in front of ``fake``; ``config`` is merged over a minimal file."""
-    started: list[LiveApp] = []
+    started: list[Proxy] = []
 
     def make(config: dict[str, Any] | None = None) -> Proxy:
         base = {"upstreams": [{"name": "fake", "base_url": fake.url, "models": ["*"]}]}
         settings = parse_settings(deep_merge(base, config or {}), env={})
-        live = LiveApp(bg, create_app(settings)).start()
-        started.append(live)
-        return Proxy(live)
+        proxy = Proxy(LiveApp(bg, create_app(settings)).start())
+        started.append(proxy)
+        return proxy
 
     yield make
-    for live in reversed(started):
-        live.stop()
+    for proxy in reversed(started):
+        proxy.close_clients()
+        proxy.live.stop()
 
 
 @pytest.fixture

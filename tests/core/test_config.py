@@ -1,0 +1,148 @@
+"""Config validation: each kind of mistake stops the start with a message naming key, value, expectation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proxy.config import ConfigError, Settings, load_config, parse_settings
+
+UP = {"name": "a", "base_url": "http://127.0.0.1:1/v1"}
+
+
+def error_of(data: object, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(data, env=env or {})
+    return str(info.value)
+
+
+def test_no_config_gives_builtin_defaults() -> None:
+    settings = load_config(None, env={})
+    assert [u.base_url for u in settings.upstreams] == ["https://api.openai.com/v1"]
+    assert settings.default_upstream == "openai"
+    assert settings.auth.mode == "passthrough"
+    assert settings.server.port == 8080
+
+
+def test_unknown_key_is_a_mistake() -> None:
+    msg = error_of({"server": {"prot": 9000}})
+    assert "server.prot" in msg and "unknown key" in msg
+
+
+def test_wrong_type_names_path_value_and_expectation() -> None:
+    msg = error_of({"server": {"port": "eighty"}})
+    assert "server.port" in msg and "'eighty'" in msg and "integer" in msg
+
+
+def test_bad_url_in_a_list_item() -> None:
+    msg = error_of({"upstreams": [{"name": "a", "base_url": "ftp://x"}]})
+    assert "upstreams[0].base_url" in msg and "'ftp://x'" in msg and "http" in msg
+
+
+def test_missing_required_key() -> None:
+    assert "upstreams[0].base_url: required key is missing" in error_of(
+        {"upstreams": [{"name": "a"}]}
+    )
+
+
+def test_secret_values_are_not_echoed_in_errors() -> None:
+    msg = error_of({"upstreams": [{**UP, "api_key": ["sk-secret-value"]}]})
+    assert "upstreams[0].api_key" in msg and "sk-secret-value" not in msg
+
+
+def test_cross_checks() -> None:
+    assert "routing.default_upstream" in error_of(
+        {"upstreams": [UP], "routing": {"default_upstream": "b"}}
+    )
+    assert "unique" in error_of({"upstreams": [UP, UP]})
+    assert "auth.keys" in error_of({"auth": {"mode": "keys"}})
+    assert "redis.url" in error_of({"cache": {"backend": "redis"}})
+
+
+def test_env_interpolation_with_and_without_default() -> None:
+    env = {"BASE": "http://10.0.0.1:8000/v1"}
+    settings = parse_settings(
+        {"upstreams": [{"name": "a", "base_url": "${BASE}", "api_key": "${KEY:-none}"}]}, env=env
+    )
+    assert settings.upstreams[0].base_url == "http://10.0.0.1:8000/v1"
+    assert settings.upstreams[0].api_key == "none"
+    msg = error_of({"upstreams": [{"name": "a", "base_url": "${MISSING}"}]})
+    assert "upstreams[0].base_url" in msg and "MISSING" in msg
+
+
+def test_single_upstream_is_the_default() -> None:
+    assert parse_settings({"upstreams": [UP]}, env={}).default_upstream == "a"
+    two = parse_settings({"upstreams": [UP, {**UP, "name": "b"}]}, env={})
+    assert two.default_upstream is None
+
+
+def test_yaml_errors_and_unreadable_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad, env={})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml", env={})
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(listy, env={})
+
+
+def test_env_var_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("server:\n  port: 9999\n")
+    assert load_config(None, env={"LLM_PROXY_CONFIG": str(path)}).server.port == 9999
+
+
+def test_example_config_is_valid() -> None:
+    root = Path(__file__).resolve().parents[2]
+    settings = load_config(root / "config.example.yaml", env={})
+    assert isinstance(settings, Settings)
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_check_config_prints_effective_config_with_secrets_masked(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "upstreams:\n  - name: a\n    base_url: http://127.0.0.1:1/v1\n    api_key: ${K}\n"
+        "auth:\n  mode: keys\n  keys: [{name: team, key: sk-client-secret}]\n"
+        "redis:\n  url: redis://:hunter2@127.0.0.1:6379/0\n"
+    )
+    out = _cli("check-config", str(path), env={"K": "sk-upstream-secret"})
+    assert out.returncode == 0, out.stderr
+    dumped = json.loads(out.stdout)
+    assert dumped["upstreams"][0]["api_key"] == "***"
+    assert dumped["auth"]["keys"][0] == {"name": "team", "key": "***", "sha256": None}
+    for secret in ("sk-upstream-secret", "sk-client-secret", "hunter2"):
+        assert secret not in out.stdout
+
+
+def test_check_config_reports_mistakes_with_exit_code_2(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("server:\n  port: 70000\n")
+    out = _cli("check-config", str(path))
+    assert out.returncode == 2
+    assert "server.port" in out.stderr and "70000" in out.stderr
+
+
+def test_start_with_a_bad_config_stops_with_the_message(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("cache:\n  eviction: random\n")
+    out = _cli("--config", str(path))
+    assert out.returncode == 2
+    assert "cache.eviction" in out.stderr and "'random'" in out.stderr
