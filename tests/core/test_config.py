@@ -1,4 +1,4 @@
-"""Config validation: each kind of mistake stops the start with a message naming key, value, expectation."""
+"""Config validation: each mistake stops the start, naming the key, the value and the expectation."""
 
 from __future__ import annotations
 

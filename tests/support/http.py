@@ -37,9 +37,14 @@ def request(
             return Raw(err.code, {k.lower(): v for k, v in err.headers.items()}, err.read())
 
 
-def post(url: str, body: bytes | dict[str, Any], headers: dict[str, str] | None = None) -> Raw:
-    return request("POST", url, body, headers)
+def post(
+    url: str,
+    body: bytes | dict[str, Any],
+    headers: dict[str, str] | None = None,
+    timeout: float = 30,
+) -> Raw:
+    return request("POST", url, body, headers, timeout)
 
 
-def get(url: str, headers: dict[str, str] | None = None) -> Raw:
-    return request("GET", url, None, headers)
+def get(url: str, headers: dict[str, str] | None = None, timeout: float = 30) -> Raw:
+    return request("GET", url, None, headers, timeout)

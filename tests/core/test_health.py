@@ -1,0 +1,82 @@
+"""Health, readiness and the real command line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import Fake, Proxy, ProxyFactory
+from tests.support import http
+from tests.support.redis_server import RedisServer, free_port
+
+
+def test_healthz_and_readyz(proxy: Proxy) -> None:
+    assert http.get(f"{proxy.url}/healthz").json() == {"status": "ok"}
+    ready = http.get(f"{proxy.url}/readyz")
+    assert ready.status == 200 and ready.json()["status"] == "ready"
+
+
+def test_readyz_follows_redis(
+    make_proxy: ProxyFactory, redis_server: RedisServer, redis_url: str
+) -> None:
+    proxy = make_proxy({"redis": {"url": redis_url}})
+    assert http.get(f"{proxy.url}/readyz").status == 200
+    redis_server.kill()
+    try:
+        down = http.get(f"{proxy.url}/readyz")
+        assert down.status == 503
+        assert "redis" in down.json()["problems"]
+        # Liveness does not depend on Redis.
+        assert http.get(f"{proxy.url}/healthz").status == 200
+    finally:
+        redis_server.start()
+    assert http.get(f"{proxy.url}/readyz").status == 200
+
+
+def test_metrics_endpoint(proxy: Proxy) -> None:
+    raw = http.get(f"{proxy.url}/metrics")
+    assert raw.status == 200 and b"llm_proxy_requests" in raw.body
+
+
+def test_cli_serves_with_a_config_file(tmp_path: Path, fake: Fake) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"upstreams:\n  - name: fake\n    base_url: {fake.url}\n")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "proxy",
+            "--config",
+            str(path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if http.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200:
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "proxy did not start"
+                time.sleep(0.05)
+        raw = http.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            {"model": "gpt-4o", "messages": [{"role": "user", "content": "cli"}]},
+        )
+        assert raw.json()["choices"][0]["message"]["content"] == "echo: cli"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
