@@ -1,4 +1,4 @@
-"""Config validation: each mistake stops the start, naming the key, the value and the expectation."""
+"""Config validation: each mistake stops the start, naming key, value and expectation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Errors the proxy makes itself are OpenAI-shaped with the right status; none harms another request."""
+"""Errors the proxy makes itself: OpenAI-shaped, the right status, no harm to other requests."""
 
 from __future__ import annotations
 
