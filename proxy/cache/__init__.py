@@ -1,4 +1,8 @@
-"""Response cache (memory or Redis backend) and its pipeline stage."""
+"""Response cache (memory or Redis backend) and its pipeline stage.
+
+``cache_ctx`` opens the backend and sets ``app[CACHE]`` to a :class:`ResponseCache` (``None``
+when ``cache.enabled`` is false); ``add_cache_routes`` adds ``DELETE /v1/cache``.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,62 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from ..keys import CACHE
+from ..config import Settings
+from ..handlers.cache_admin import clear_cache
+from ..keys import CACHE, METRICS, READINESS, SETTINGS
+from ..metrics import Metrics
+from .backend import CacheBackend
+from .memory import MemoryBackend
+from .redis import RedisBackend, open_redis
+from .stage import ResponseCache
 
-__all__ = ["add_cache_routes", "cache_ctx"]
+__all__ = [
+    "CacheBackend",
+    "MemoryBackend",
+    "RedisBackend",
+    "ResponseCache",
+    "add_cache_routes",
+    "cache_ctx",
+    "open_backend",
+]
+
+
+def open_backend(settings: Settings, metrics: Metrics) -> CacheBackend:
+    """The backend ``cache.backend`` names (Redis clients connect lazily: no I/O here)."""
+    cache = settings.cache
+    if cache.backend == "redis":
+        return RedisBackend(
+            open_redis(settings.redis), redis=settings.redis, cache=cache, metrics=metrics
+        )
+    return MemoryBackend(
+        max_entries=cache.max_entries,
+        max_bytes=cache.max_bytes,
+        eviction=cache.eviction,
+        metrics=metrics,
+    )
 
 
 async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
     """Opens the cache backend and sets ``app[CACHE]`` (``None`` when the cache is off)."""
-    app[CACHE] = None
-    yield
+    settings = app[SETTINGS]
+    if not settings.cache.enabled:
+        app[CACHE] = None
+        yield
+        return
+    metrics = app[METRICS]
+    backend = open_backend(settings, metrics)
+    app[CACHE] = ResponseCache(settings=settings.cache, backend=backend, metrics=metrics)
+
+    async def ready() -> str | None:
+        return backend.problem()
+
+    app[READINESS]["cache"] = ready
+    try:
+        yield
+    finally:
+        await backend.close()
 
 
 def add_cache_routes(app: web.Application) -> None:
     """Admin routes (``DELETE /v1/cache``)."""
+    app.router.add_delete("/v1/cache", clear_cache)

@@ -3,7 +3,11 @@
 Two requests that mean the same thing get the same key (key order, whitespace and number
 spelling do not matter; ``stream``, ``stream_options`` and ``cache.ignore_fields`` are dropped).
 Anything that can change the answer (model after aliasing, messages, tools, temperature, n, ...)
-changes the key. The key is a hash: no prompt text or credential ever appears in it.
+changes the key.
+
+A key reads ``<scope>:<sha256 hex>``: the scope is the tenant id (itself a hash of the
+credential) or ``shared``, so one tenant's part of the cache can be found and emptied; the rest is
+a hash. No prompt text and no credential ever appears in a key.
 """
 
 from __future__ import annotations
@@ -16,10 +20,20 @@ import orjson
 from ..call import Call
 from ..config import CacheSettings
 
-__all__ = ["NEVER_IN_KEY", "canonical_body", "is_deterministic", "request_key"]
+__all__ = [
+    "NEVER_IN_KEY",
+    "SHARED_SCOPE",
+    "canonical_body",
+    "digest_of",
+    "drop_fields",
+    "is_deterministic",
+    "request_key",
+]
 
 #: Fields that change the transport, not the answer.
 NEVER_IN_KEY = frozenset({"stream", "stream_options"})
+#: The scope of every key when ``cache.shared`` is on.
+SHARED_SCOPE = "shared"
 
 
 def _normalise(value: Any) -> Any:
@@ -47,10 +61,11 @@ def is_deterministic(data: dict[str, Any]) -> bool:
 def request_key(
     call: Call, *, settings: CacheSettings, drop: frozenset[str], extra: bytes = b""
 ) -> str:
-    """Hex SHA-256 naming ``call``'s answer; ``extra`` narrows it (e.g. one embedding input)."""
+    """``<scope>:<hex SHA-256>`` naming ``call``'s answer; ``extra`` narrows it (e.g. one
+    embedding input)."""
     assert call.json is not None
     h = hashlib.sha256()
-    scope = "shared" if settings.shared else call.tenant
+    scope = SHARED_SCOPE if settings.shared else call.tenant
     h.update(
         f"v{settings.key_version}\x00{scope}\x00{call.upstream.name}\x00{call.path}\x00".encode()
     )
@@ -58,7 +73,12 @@ def request_key(
     if extra:
         h.update(b"\x00")
         h.update(extra)
-    return h.hexdigest()
+    return f"{scope}:{h.hexdigest()}"
+
+
+def digest_of(key: str) -> str:
+    """The hash part of a key (what ``X-Cache-Key`` shows)."""
+    return key.rpartition(":")[2]
 
 
 def drop_fields(settings: CacheSettings) -> frozenset[str]:

@@ -1,0 +1,123 @@
+"""The in-process backend: bounded by entries and bytes, LRU / LFU / FIFO, per-entry TTL.
+
+Eviction order is kept by ``cachetools`` (``LRUCache``, ``LFUCache``, ``FIFOCache``); its
+``maxsize`` is the byte budget, with each entry weighed as its value plus a fixed overhead, and
+the entry-count bound is enforced on top. Nothing here awaits, so concurrent tasks cannot
+interleave inside an operation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Literal, NamedTuple
+
+from cachetools import Cache, FIFOCache, LFUCache, LRUCache
+
+from ..metrics import Metrics
+
+__all__ = ["ENTRY_OVERHEAD_BYTES", "MemoryBackend"]
+
+#: What one entry costs beyond its value: key string, tuple, dict and order-structure slots.
+ENTRY_OVERHEAD_BYTES = 320
+
+
+class _Item(NamedTuple):
+    expires_at: float
+    value: bytes
+
+
+def _weight(item: _Item) -> int:
+    return len(item.value) + ENTRY_OVERHEAD_BYTES
+
+
+_POLICIES: dict[str, type[Cache[str, _Item]]] = {
+    "lru": LRUCache,
+    "lfu": LFUCache,
+    "fifo": FIFOCache,
+}
+
+
+class MemoryBackend:
+    """A bounded in-memory cache of byte values (one process; lost on restart)."""
+
+    def __init__(
+        self,
+        *,
+        max_entries: int,
+        max_bytes: int,
+        eviction: Literal["lru", "lfu", "fifo"] = "lru",
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._store: Cache[str, _Item] = _POLICIES[eviction](maxsize=max_bytes, getsizeof=_weight)
+        self._metrics = metrics
+        self._clock = clock
+
+    @property
+    def bytes_held(self) -> int:
+        """Accounted size of every entry (values plus per-entry overhead)."""
+        return int(self._store.currsize)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    async def get(self, key: str) -> bytes | None:
+        item = self._store.get(key)
+        if item is None:
+            return None
+        if item.expires_at <= self._clock():
+            del self._store[key]
+            self._gauges()
+            return None
+        return item.value
+
+    async def set(self, key: str, value: bytes, *, ttl_s: float) -> None:
+        if ttl_s <= 0:
+            return
+        store = self._store
+        item = _Item(self._clock() + ttl_s, value)
+        if _weight(item) > self.max_bytes:
+            await self.delete(key)  # a newer answer that does not fit must not leave the old one
+            return
+        before = len(store) + (0 if key in store else 1)
+        store[key] = item  # may evict by the policy to stay within max_bytes
+        evicted = before - len(store)
+        while len(store) > self.max_entries:
+            store.popitem()
+            evicted += 1
+        if self._metrics is not None:
+            self._metrics.cache_stores.inc()
+            if evicted:
+                self._metrics.cache_evictions.inc(evicted)
+        self._gauges()
+
+    async def delete(self, key: str) -> None:
+        if self._store.pop(key, None) is not None:
+            self._gauges()
+
+    async def clear(self, *, scope: str | None = None, digest: str | None = None) -> int:
+        doomed = [k for k in self._store if _matches(k, scope, digest)]
+        for key in doomed:
+            del self._store[key]
+        self._gauges()
+        return len(doomed)
+
+    def problem(self) -> str | None:
+        return None
+
+    async def close(self) -> None:
+        self._store.clear()
+        self._gauges()
+
+    def _gauges(self) -> None:
+        if self._metrics is not None:
+            self._metrics.cache_bytes.set(self._store.currsize)
+            self._metrics.cache_entries.set(len(self._store))
+
+
+def _matches(key: str, scope: str | None, digest: str | None) -> bool:
+    key_scope, _, key_digest = key.rpartition(":")
+    return (scope is None or key_scope == scope) and (digest is None or key_digest == digest)

@@ -1,0 +1,221 @@
+"""The shared backend: one Redis (or Redis Cluster) for every replica of the proxy.
+
+Keys are ``<redis.key_prefix>:cache:v<cache.key_version>:<scope>:<hash>``: one key per entry, no
+hash tags, so a cluster spreads entries over its slots and no command ever spans two slots.
+Values start with one byte: ``0`` raw, ``1`` zlib (above ``cache.compress_min_bytes``).
+
+The cache must never make the proxy slower or less available than the upstream alone: every
+operation is bounded by ``redis.op_timeout_ms``, and a failure opens a circuit breaker for
+``redis.breaker_cooldown_s`` during which the backend reads as empty without trying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from ..config import CacheSettings, RedisSettings
+from ..errors import StoreUnavailable
+from ..metrics import Metrics
+
+__all__ = ["Breaker", "RedisBackend", "open_redis"]
+
+log = logging.getLogger(__name__)
+
+#: What a broken, slow or missing Redis raises.
+REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+_RAW, _ZLIB = b"\x00", b"\x01"
+_LOG_EVERY_S = 30.0
+_SCAN_COUNT = 1000
+
+
+def open_redis(settings: RedisSettings) -> Any:
+    """A client for the cache: short timeouts, no retries (the breaker decides when to retry)."""
+    assert settings.url is not None
+    timeout_s = settings.op_timeout_ms / 1000
+    options: dict[str, Any] = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if settings.cluster:
+        return RedisCluster.from_url(settings.url, **options)
+    return Redis.from_url(settings.url, **options)
+
+
+class Breaker:
+    """Open after a failure for ``cooldown_s``; logs the outage at most once per interval."""
+
+    def __init__(
+        self,
+        *,
+        cooldown_s: float,
+        name: str = "redis",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cooldown_s = cooldown_s
+        self.name = name
+        self._clock = clock
+        self.open_until = 0.0
+        self._last_log = -_LOG_EVERY_S
+        self._quiet_failures = 0
+
+    def allow(self) -> bool:
+        return not self.open_until or self._clock() >= self.open_until
+
+    @property
+    def is_open(self) -> bool:
+        return bool(self.open_until)
+
+    def failed(self, op: str, exc: BaseException) -> None:
+        now = self._clock()
+        self.open_until = now + self.cooldown_s
+        if now - self._last_log >= _LOG_EVERY_S:
+            log.warning(
+                "cache %s unavailable (%s on %s: %s); serving without cache, retrying in %.1fs"
+                " (%d more failures since the last report)",
+                self.name,
+                type(exc).__name__,
+                op,
+                exc,
+                self.cooldown_s,
+                self._quiet_failures,
+            )
+            self._last_log, self._quiet_failures = now, 0
+        else:
+            self._quiet_failures += 1
+
+    def succeeded(self) -> None:
+        if self.open_until:
+            self.open_until = 0.0
+            log.warning("cache %s is back", self.name)
+
+
+class RedisBackend:
+    """Entries in Redis with a TTL each, compressed above a size threshold; fails open."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        redis: RedisSettings,
+        cache: CacheSettings,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.client = client
+        self.prefix = f"{redis.key_prefix}:cache:v{cache.key_version}:"
+        self.compress_min_bytes = cache.compress_min_bytes
+        self.timeout_s = redis.op_timeout_ms / 1000
+        self.breaker = Breaker(cooldown_s=redis.breaker_cooldown_s)
+        self._metrics = metrics
+
+    def name(self, key: str) -> str:
+        return self.prefix + key
+
+    async def get(self, key: str) -> bytes | None:
+        if not self.breaker.allow():
+            return None
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                raw = await self.client.get(self.prefix + key)
+        except REDIS_ERRORS as exc:
+            self._failed("get", exc)
+            return None
+        self.breaker.succeeded()
+        return None if raw is None else self._unpack(raw)
+
+    async def set(self, key: str, value: bytes, *, ttl_s: float) -> None:
+        ttl_ms = int(ttl_s * 1000)
+        if ttl_ms <= 0 or not self.breaker.allow():
+            return
+        packed = self._pack(value)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.client.set(self.prefix + key, packed, px=ttl_ms)
+        except REDIS_ERRORS as exc:
+            self._failed("set", exc)
+            return
+        self.breaker.succeeded()
+        if self._metrics is not None:
+            self._metrics.cache_stores.inc()
+
+    async def delete(self, key: str) -> None:
+        if not self.breaker.allow():
+            return
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.client.unlink(self.prefix + key)
+        except REDIS_ERRORS as exc:
+            self._failed("delete", exc)
+
+    async def clear(self, *, scope: str | None = None, digest: str | None = None) -> int:
+        """SCAN (every primary, on a cluster) and UNLINK one key at a time: never cross-slot."""
+        pattern = f"{_escape(self.prefix)}{_escape(scope) if scope else '*'}:"
+        pattern += _escape(digest) if digest else "*"
+        deleted = 0
+        try:
+            batch: list[Any] = []
+            async for name in self.client.scan_iter(match=pattern, count=_SCAN_COUNT):
+                batch.append(name)
+                if len(batch) >= _SCAN_COUNT:
+                    deleted += await self._unlink(batch)
+                    batch = []
+            deleted += await self._unlink(batch)
+        except REDIS_ERRORS as exc:
+            self._failed("clear", exc)
+            raise StoreUnavailable("The cache's Redis is unavailable; nothing was cleared") from exc
+        return deleted
+
+    async def _unlink(self, names: list[Any]) -> int:
+        if not names:
+            return 0
+        async with self.client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.unlink(name)
+            results = await pipe.execute()
+        return sum(int(r) for r in results)
+
+    def problem(self) -> str | None:
+        if not self.breaker.is_open:
+            return None
+        return "cache redis unavailable: serving without cache (circuit breaker open)"
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    def _pack(self, value: bytes) -> bytes:
+        if len(value) >= self.compress_min_bytes:
+            return _ZLIB + zlib.compress(value, 1)
+        return _RAW + value
+
+    def _unpack(self, raw: bytes) -> bytes | None:
+        marker, body = raw[:1], raw[1:]
+        if marker == _RAW:
+            return body
+        if marker == _ZLIB:
+            try:
+                return zlib.decompress(body)
+            except zlib.error:
+                pass
+        if self._metrics is not None:
+            self._metrics.redis_errors.labels(op="decode").inc()
+        return None
+
+    def _failed(self, op: str, exc: BaseException) -> None:
+        if self._metrics is not None:
+            self._metrics.redis_errors.labels(op=op).inc()
+        self.breaker.failed(op, exc)
+
+
+def _escape(text: str) -> str:
+    """``text`` as a literal in a SCAN ``MATCH`` glob."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
