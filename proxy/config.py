@@ -136,6 +136,9 @@ class RedisSettings(_Section):
     op_timeout_ms: float = Field(50.0, gt=0)
     #: After a failure the cache stops trying Redis for this long.
     breaker_cooldown_s: float = Field(5.0, ge=0)
+    #: ``redis.url`` names one node of a Redis Cluster (the cache then spreads its keys over the
+    #: cluster's slots and never sends a cross-slot multi-key command).
+    cluster: bool = False
 
 
 class CacheSettings(_Section):
@@ -155,6 +158,8 @@ class CacheSettings(_Section):
     #: Redis values above this size are zlib-compressed.
     compress_min_bytes: int = Field(2048, ge=0)
     key_version: int = Field(1, ge=1)
+    #: Larger responses are passed through but not stored (a stream stops being recorded).
+    max_entry_bytes: int = Field(8 * 1024 * 1024, ge=1024)
 
 
 class RouteBatching(_Section):
