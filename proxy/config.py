@@ -163,6 +163,8 @@ class CacheSettings(_Section):
 
 
 class RouteBatching(_Section):
+    #: Batch this route at all (``batching.enabled`` and the upstream's ``batching`` too).
+    enabled: bool = True
     max_wait_ms: float = Field(5.0, ge=0)
     max_batch_size: int = Field(64, ge=1)
     max_batch_tokens: int = Field(8192, ge=1)

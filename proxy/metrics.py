@@ -57,6 +57,15 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.cache_input_hits = Counter(
+            "llm_proxy_cache_input_hits",
+            "Embedding inputs answered from the cache",
+            ["route"],
+            registry=r,
+        )
+        self.cache_input_misses = Counter(
+            "llm_proxy_cache_input_misses", "Embedding inputs sent upstream", ["route"], registry=r
+        )
         # Jobs.
         self.jobs = Counter("llm_proxy_jobs", "Job state changes", ["status"], registry=r)
 

@@ -1,0 +1,220 @@
+"""Single flight across replicas: a claim in Redis, the leader's result published through it.
+
+One replica ``SET claim NX PX`` s the key and calls the upstream; the others subscribe to the
+key's channel and wait for the result (stored under a short-lived key, then announced), for at
+most ``coalescing.cross_replica_wait_s``. A dead leader's claim expires after ``claim_ttl_s``;
+a waiter that sees the claim gone without a result stops waiting and calls the upstream itself.
+Every Redis failure fails open: the request is then simply sent on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.exceptions import RedisError
+
+from ..metrics import Metrics
+
+__all__ = ["Claim", "FlightKeys", "Record", "RemoteFlights"]
+
+log = logging.getLogger(__name__)
+
+_FAILURES = (RedisError, OSError, TimeoutError, ConnectionError)
+#: How often a waiter re-checks whether the claim still stands (a dead leader's claim expires).
+_POLL_S = 0.2
+#: A published result only has to outlive the notification that announces it.
+_RESULT_TTL_MS = 5000
+
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+_REFRESH = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
+_PUBLISH = """
+redis.call('set', KEYS[2], ARGV[2], 'PX', ARGV[3])
+if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end
+redis.call('publish', ARGV[4], '1')
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class FlightKeys:
+    """Every Redis name single flight uses, built from one prefix. The hash tag keeps a
+    flight's keys in one Redis Cluster slot."""
+
+    claim: str
+    result: str
+    channel: str
+
+    @classmethod
+    def of(cls, prefix: str, flight_id: str) -> FlightKeys:
+        base = f"{prefix}:flight:{{{flight_id}}}"
+        return cls(claim=f"{base}:claim", result=f"{base}:result", channel=f"{base}:done")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A finished answer as it travels between replicas."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes | None = None
+    chunks: list[bytes] | None = None
+    served: int = 1
+
+    def encode(self) -> bytes:
+        parts = self.chunks if self.chunks is not None else [self.body or b""]
+        head = {
+            "s": self.status,
+            "h": self.headers,
+            "c": [len(p) for p in parts],
+            "stream": self.chunks is not None,
+            "n": self.served,
+        }
+        return orjson.dumps(head) + b"\n" + b"".join(parts)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Record:
+        line, _, payload = raw.partition(b"\n")
+        head = orjson.loads(line)
+        parts, pos = [], 0
+        for size in head["c"]:
+            parts.append(payload[pos : pos + size])
+            pos += size
+        headers = [(str(k), str(v)) for k, v in head["h"]]
+        if head["stream"]:
+            return cls(head["s"], headers, chunks=parts, served=head["n"])
+        return cls(head["s"], headers, body=parts[0] if parts else b"", served=head["n"])
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    keys: FlightKeys
+    token: str
+
+
+class RemoteFlights:
+    """Claims, waits and publications for one app, on its Redis client."""
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        prefix: str,
+        wait_s: float,
+        claim_ttl_s: float,
+        op_timeout_s: float,
+        metrics: Metrics,
+    ) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.wait_s = wait_s
+        self.claim_ttl_ms = max(1, int(claim_ttl_s * 1000))
+        self.op_timeout_s = op_timeout_s
+        self.metrics = metrics
+        self._release = redis.register_script(_RELEASE)
+        self._refresh = redis.register_script(_REFRESH)
+        self._publish = redis.register_script(_PUBLISH)
+
+    def _failed(self, op: str, exc: BaseException) -> None:
+        self.metrics.redis_errors.labels(op).inc()
+        log.warning("single flight across replicas: redis %s failed: %r", op, exc)
+
+    async def claim(self, flight_id: str) -> Claim | None:
+        """Take the claim, or ``None`` when another replica holds it (or Redis is down)."""
+        keys = FlightKeys.of(self.prefix, flight_id)
+        token = secrets.token_hex(8)
+        try:
+            async with asyncio.timeout(self.op_timeout_s):
+                taken = await self.redis.set(keys.claim, token, nx=True, px=self.claim_ttl_ms)
+        except _FAILURES as exc:
+            self._failed("flight_claim", exc)
+            return None
+        return Claim(keys, token) if taken else None
+
+    async def acquire(self, flight_id: str) -> Claim | Record | None:
+        """Lead (a :class:`Claim`), follow (the leader's :class:`Record`), or go alone (None)."""
+        claim = await self.claim(flight_id)
+        if claim is not None:
+            return claim
+        record = await self.wait(flight_id)
+        if record is not None:
+            return record
+        # The leader died or is too slow: take over its claim when it has lapsed.
+        return await self.claim(flight_id)
+
+    async def wait(self, flight_id: str) -> Record | None:
+        """The claimed flight's result, or ``None`` after the bound or once the claim is gone."""
+        keys = FlightKeys.of(self.prefix, flight_id)
+        deadline = time.monotonic() + self.wait_s
+        try:
+            async with self.redis.pubsub() as pubsub:
+                await pubsub.subscribe(keys.channel)
+                while True:
+                    async with self.redis.pipeline(transaction=True) as pipe:
+                        claimed, raw = await pipe.exists(keys.claim).get(keys.result).execute()
+                    if raw is not None:
+                        return Record.decode(raw)
+                    remaining = deadline - time.monotonic()
+                    if not claimed or remaining <= 0:
+                        return None
+                    await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=min(remaining, _POLL_S)
+                    )
+        except _FAILURES as exc:
+            self._failed("flight_wait", exc)
+            return None
+
+    @contextlib.asynccontextmanager
+    async def holding(self, claim: Claim) -> AsyncIterator[None]:
+        """Keep ``claim`` alive while the leader works, so a long call is not taken over."""
+        task = asyncio.create_task(self._keep_alive(claim), name="flight-claim-refresh")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _keep_alive(self, claim: Claim) -> None:
+        while True:
+            await asyncio.sleep(self.claim_ttl_ms / 3000)
+            try:
+                async with asyncio.timeout(self.op_timeout_s):
+                    await self._refresh(
+                        keys=[claim.keys.claim], args=[claim.token, self.claim_ttl_ms]
+                    )
+            except _FAILURES as exc:
+                self._failed("flight_refresh", exc)
+
+    async def publish(self, claim: Claim, record: Record) -> None:
+        """Store the result, drop the claim and wake the waiters, in one step."""
+        keys = claim.keys
+        try:
+            async with asyncio.timeout(self.op_timeout_s * 4):
+                await self._publish(
+                    keys=[keys.claim, keys.result],
+                    args=[claim.token, record.encode(), _RESULT_TTL_MS, keys.channel],
+                )
+        except _FAILURES as exc:
+            self._failed("flight_publish", exc)
+
+    async def release(self, claim: Claim) -> None:
+        """Give the claim up without a result (the call was abandoned)."""
+        try:
+            async with asyncio.timeout(self.op_timeout_s):
+                await self._release(keys=[claim.keys.claim], args=[claim.token])
+        except _FAILURES as exc:
+            self._failed("flight_release", exc)
