@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -36,6 +36,8 @@ REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 _RAW, _ZLIB = b"\x00", b"\x01"
 _LOG_EVERY_S = 30.0
 _SCAN_COUNT = 1000
+#: Connections per Redis node; a request beyond this waits (up to the op timeout) for one.
+_MAX_CONNECTIONS = 32
 
 
 def open_redis(settings: RedisSettings) -> Any:
@@ -48,8 +50,11 @@ def open_redis(settings: RedisSettings) -> Any:
         "retry": Retry(NoBackoff(), 0),
     }
     if settings.cluster:
-        return RedisCluster.from_url(settings.url, **options)
-    return Redis.from_url(settings.url, **options)
+        return RedisCluster.from_url(settings.url, max_connections=_MAX_CONNECTIONS, **options)
+    pool = BlockingConnectionPool.from_url(
+        settings.url, max_connections=_MAX_CONNECTIONS, timeout=timeout_s, **options
+    )
+    return Redis.from_pool(pool)
 
 
 class Breaker:
