@@ -172,6 +172,11 @@ class Batcher:
 
         return batcher
 
+    @property
+    def waiting(self) -> int:
+        """Callers in batches not sent yet."""
+        return sum(len(batch.members) for batch in self._pending)
+
     async def aclose(self) -> None:
         """Cancel timers and send tasks; callers still waiting get an error, not a hang."""
         for batch in list(self._pending):
