@@ -212,6 +212,12 @@ class JobsSettings(_Section):
     callback_allow: tuple[str, ...] = ()
     webhook_max_attempts: int = Field(8, ge=1)
     webhook_timeout_s: float = Field(10.0, gt=0)
+    #: How long an ``Idempotency-Key`` names the job it first created.
+    idempotency_ttl_s: float = Field(86400.0, gt=0)
+    #: Bound on each job-store operation; a slower Redis counts as down (503 at submission).
+    store_timeout_s: float = Field(2.0, gt=0)
+    #: ``POST /v1/jobs/{id}/cancel`` on a running job waits this long for it to stop.
+    cancel_wait_s: float = Field(5.0, ge=0)
 
 
 class Settings(_Section):

@@ -1,21 +1,94 @@
-"""Asynchronous jobs: accept now, forward later through the pipeline, never lose one."""
+"""Asynchronous jobs: accept now, forward later through the pipeline, never lose one.
+
+See ``docs/jobs.md``. The parts: :mod:`.models` (the job record), :mod:`.store` (the contract)
+with :mod:`.memory` and :mod:`.redis`, :mod:`.worker` (claim, run, retry, record),
+:mod:`.limits` (per-upstream rate limits), :mod:`.webhooks` and :mod:`.service`.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
+import aiohttp
 from aiohttp import web
 
-from ..keys import JOBS
+from ..config import Settings
+from ..handlers import jobs as handlers
+from ..keys import DOOR, JOBS, METRICS, PIPELINE, REDIS, SETTINGS
+from .limits import MemoryBuckets, RateLimiter, RedisBuckets, bucket_limits
+from .memory import MemoryJobStore
+from .redis import RedisJobStore
+from .service import JobService
+from .store import JobStore
+from .webhooks import WebhookSender
+from .worker import Worker
 
 __all__ = ["add_job_routes", "jobs_ctx"]
+
+log = logging.getLogger(__name__)
+
+
+def _store(app: web.Application, settings: Settings) -> tuple[JobStore, RateLimiter]:
+    jobs = settings.jobs
+    limits = bucket_limits(jobs.rate_limit)
+    if settings.jobs_on_redis:
+        store = RedisJobStore(
+            app[REDIS],
+            prefix=settings.redis.key_prefix,
+            result_ttl_s=jobs.result_ttl_s,
+            op_timeout_s=jobs.store_timeout_s,
+        )
+        return store, RateLimiter(RedisBuckets(app[REDIS], store.keys, limits), limits)
+    log.warning(
+        "jobs use the in-memory store: queued jobs and results do not survive a restart "
+        "(set redis.url to keep them)"
+    )
+    memory = MemoryJobStore(result_ttl_s=jobs.result_ttl_s)
+    return memory, RateLimiter(MemoryBuckets(limits), limits)
 
 
 async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     """Opens the job store, starts the workers, sets ``app[JOBS]`` (``None`` when off)."""
-    app[JOBS] = None
-    yield
+    settings = app[SETTINGS]
+    if not settings.jobs.enabled:
+        app[JOBS] = None
+        yield
+        return
+    store, limiter = _store(app, settings)
+    session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+    webhooks = None
+    if settings.jobs.webhook_secret is not None:
+        webhooks = WebhookSender(
+            session,
+            secret=settings.jobs.webhook_secret,
+            allow=settings.jobs.callback_allow,
+            max_attempts=settings.jobs.webhook_max_attempts,
+            timeout_s=settings.jobs.webhook_timeout_s,
+        )
+    worker = Worker(
+        store=store,
+        door=app[DOOR],
+        pipeline=app[PIPELINE],
+        settings=settings.jobs,
+        limiter=limiter,
+        metrics=app[METRICS],
+        on_finished=lambda job: None,
+    )
+    service = JobService(
+        store=store, worker=worker, settings=settings.jobs, metrics=app[METRICS], webhooks=webhooks
+    )
+    app[JOBS] = service
+    app[DOOR].async_door = handlers.async_door
+    await service.start()
+    try:
+        yield
+    finally:
+        app[DOOR].async_door = None
+        await service.stop()
+        await session.close()
 
 
 def add_job_routes(app: web.Application) -> None:
     """``/v1/jobs`` routes."""
+    handlers.add_routes(app)
