@@ -132,28 +132,32 @@ class RemoteFlights:
         self.metrics.redis_errors.labels(op).inc()
         log.warning("single flight across replicas: redis %s failed: %r", op, exc)
 
-    async def claim(self, flight_id: str) -> Claim | None:
-        """Take the claim, or ``None`` when another replica holds it (or Redis is down)."""
+    async def _claim(self, flight_id: str) -> Claim | None:
+        """Take the claim, or ``None`` when another replica holds it; Redis errors propagate."""
         keys = FlightKeys.of(self.prefix, flight_id)
         token = secrets.token_hex(8)
-        try:
-            async with asyncio.timeout(self.op_timeout_s):
-                taken = await self.redis.set(keys.claim, token, nx=True, px=self.claim_ttl_ms)
-        except _FAILURES as exc:
-            self._failed("flight_claim", exc)
-            return None
+        async with asyncio.timeout(self.op_timeout_s):
+            taken = await self.redis.set(keys.claim, token, nx=True, px=self.claim_ttl_ms)
         return Claim(keys, token) if taken else None
 
     async def acquire(self, flight_id: str) -> Claim | Record | None:
         """Lead (a :class:`Claim`), follow (the leader's :class:`Record`), or go alone (None)."""
-        claim = await self.claim(flight_id)
-        if claim is not None:
-            return claim
+        try:
+            claim = await self._claim(flight_id)
+            if claim is not None:
+                return claim
+        except _FAILURES as exc:
+            self._failed("flight_claim", exc)
+            return None  # Redis is down: nobody can coordinate, so do not wait for anybody
         record = await self.wait(flight_id)
         if record is not None:
             return record
         # The leader died or is too slow: take over its claim when it has lapsed.
-        return await self.claim(flight_id)
+        try:
+            return await self._claim(flight_id)
+        except _FAILURES as exc:
+            self._failed("flight_claim", exc)
+            return None
 
     async def wait(self, flight_id: str) -> Record | None:
         """The claimed flight's result, or ``None`` after the bound or once the claim is gone."""

@@ -264,7 +264,7 @@ async def test_per_upstream_switch_and_tenants(make_proxy: ProxyFactory, fake: F
 async def test_efficiency_is_estimated(
     make_proxy: ProxyFactory, fake: Fake, bg: BackgroundLoop
 ) -> None:
-    proxy: Proxy = make_proxy(batching(max_batch_size=4))
+    proxy: Proxy = make_proxy(batching(max_batch_size=4, max_wait_ms=50))
     set_state(bg, fake, latency_ms=20, per_input_ms=2)
     for size in (1, 2, 4, 4):
         await post_all(proxy.base_url, EMB, [emb(f"item {size} {i}") for i in range(size)])

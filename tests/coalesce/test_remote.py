@@ -1,0 +1,124 @@
+"""Single flight across replicas: two proxies on one real Redis share one upstream call."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from proxy.coalesce.remote import FlightKeys
+from proxy.coalesce.singleflight import flight_key
+from proxy.keys import AUTH, DOOR, SETTINGS
+from tests.coalesce.helpers import CHAT, calls, metric, set_state, wait_until
+from tests.conftest import KEY_A, Fake, Proxy, ProxyFactory
+from tests.support.live import BackgroundLoop
+from tests.support.redis_server import RedisServer
+
+BODY: dict[str, Any] = {
+    "model": "gpt-4o-mini",
+    "messages": [{"role": "user", "content": "shared across replicas"}],
+}
+
+
+def replica(make_proxy: ProxyFactory, redis_url: str, **coalescing: Any) -> Proxy:
+    return make_proxy(
+        {"cache": {"enabled": False}, "redis": {"url": redis_url}, "coalescing": coalescing}
+    )
+
+
+async def send(proxy: Proxy, body: dict[str, Any]) -> tuple[int, bytes, dict[str, str]]:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY_A}"}) as session:
+        async with session.post(f"{proxy.base_url}/chat/completions", json=body) as resp:
+            return resp.status, await resp.read(), dict(resp.headers)
+
+
+def claim_name(proxy: Proxy, body: dict[str, Any]) -> str:
+    """The Redis key a replica claims for ``body`` (computed as the proxy does)."""
+    identity = proxy.app[AUTH].identify({"Authorization": f"Bearer {KEY_A}"})
+    call = proxy.app[DOOR].build_call(
+        identity=identity,
+        method="POST",
+        path=CHAT,
+        headers={},
+        body=orjson.dumps(body),
+        data=dict(body),
+    )
+    key = flight_key(call, proxy.app[SETTINGS].cache)
+    assert key is not None
+    return FlightKeys.of(proxy.app[SETTINGS].redis.key_prefix, key).claim
+
+
+async def test_two_replicas_share_one_upstream_call(
+    make_proxy: ProxyFactory, fake: Fake, bg: BackgroundLoop, redis_url: str
+) -> None:
+    a, b = replica(make_proxy, redis_url), replica(make_proxy, redis_url)
+    set_state(bg, fake, latency_ms=500)
+    first = asyncio.create_task(send(a, BODY))
+    await wait_until(lambda: fake.state.in_flight == 1)
+    (status_a, body_a, _), (status_b, body_b, headers_b) = await asyncio.gather(
+        first, send(b, BODY)
+    )
+    assert status_a == status_b == 200
+    assert body_a == body_b
+    assert headers_b["X-Coalesced"] == "2"
+    assert calls(fake, CHAT) == 1
+    assert metric(b, "llm_proxy_deduplicated_total") == 1
+
+
+async def test_streams_are_shared_across_replicas(
+    make_proxy: ProxyFactory, fake: Fake, bg: BackgroundLoop, redis_url: str
+) -> None:
+    a, b = replica(make_proxy, redis_url), replica(make_proxy, redis_url)
+    set_state(bg, fake, latency_ms=300)
+    body = {**BODY, "stream": True}
+    first = asyncio.create_task(send(a, body))
+    await wait_until(lambda: fake.state.in_flight == 1)
+    (_, stream_a, _), (_, stream_b, _) = await asyncio.gather(first, send(b, body))
+    assert stream_a == stream_b and stream_a.endswith(b"data: [DONE]\n\n")
+    assert calls(fake, CHAT) == 1
+
+
+async def test_a_dead_leaders_claim_blocks_only_up_to_the_bound(
+    make_proxy: ProxyFactory, fake: Fake, redis_server: RedisServer, redis_url: str
+) -> None:
+    proxy = replica(make_proxy, redis_url, cross_replica_wait_s=1.0)
+    client = redis_server.client()
+    client.set(claim_name(proxy, BODY), "a-replica-that-died", px=60_000)
+    client.close()
+    start = time.monotonic()
+    status, _, _ = await send(proxy, BODY)
+    waited = time.monotonic() - start
+    assert status == 200
+    assert 1.0 <= waited < 4
+    assert calls(fake, CHAT) == 1
+
+
+async def test_an_expired_claim_ends_the_wait_early(
+    make_proxy: ProxyFactory, fake: Fake, redis_server: RedisServer, redis_url: str
+) -> None:
+    proxy = replica(make_proxy, redis_url, cross_replica_wait_s=30)
+    client = redis_server.client()
+    client.set(claim_name(proxy, BODY), "a-replica-that-died", px=400)
+    client.close()
+    start = time.monotonic()
+    status, _, _ = await send(proxy, BODY)
+    assert status == 200
+    assert time.monotonic() - start < 4
+    assert calls(fake, CHAT) == 1
+
+
+async def test_redis_down_fails_open(
+    make_proxy: ProxyFactory, fake: Fake, redis_server: RedisServer, redis_url: str
+) -> None:
+    proxy = replica(make_proxy, redis_url)
+    redis_server.kill()
+    try:
+        status, _, _ = await send(proxy, BODY)
+    finally:
+        redis_server.start()
+    assert status == 200
+    assert calls(fake, CHAT) == 1
+    assert metric(proxy, "llm_proxy_redis_errors_total", op="flight_claim") == 1
