@@ -82,12 +82,15 @@ class MemoryBackend:
         if _weight(item) > self.max_bytes:
             await self.delete(key)  # a newer answer that does not fit must not leave the old one
             return
+        evicted = 0
+        if key not in store:
+            # Make room first: inserted first, a new entry would be LFU's own victim.
+            while len(store) >= self.max_entries:
+                store.popitem()
+                evicted += 1
         before = len(store) + (0 if key in store else 1)
-        store[key] = item  # may evict by the policy to stay within max_bytes
-        evicted = before - len(store)
-        while len(store) > self.max_entries:
-            store.popitem()
-            evicted += 1
+        store[key] = item  # evicts by the policy, before inserting, to stay within max_bytes
+        evicted += before - len(store)
         if self._metrics is not None:
             self._metrics.cache_stores.inc()
             if evicted:
