@@ -54,6 +54,8 @@ TTFB_P50 = Metric("ttfb_p50_ms", "TTFB p50 (ms)", "added")
 TTFB_P99 = Metric("ttfb_p99_ms", "TTFB p99 (ms)", "added")
 GAP_P50 = Metric("gap_p50_ms", "inter-chunk gap p50 (ms)", "added")
 UPSTREAM = Metric("upstream_calls_per_request", "upstream calls / request", "ratio")
+UPSTREAM_CALLS = Metric("upstream_calls", "upstream calls (all requests)", "ratio")
+WALL = Metric("elapsed_s", "wall time for all requests (s)", "ratio")
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,60 @@ SCENARIOS: dict[str, Scenario] = {
         concurrency=64,
         count=20000,
         metrics=(RPS, P50, P99, UPSTREAM),
+    ),
+    # Coalescing (issue 4).
+    "dedup-burst": Scenario(
+        "100 concurrent identical chat requests, upstream 200 ms: single flight",
+        load="chat",
+        concurrency=100,
+        count=100,
+        warmup=0,
+        repeat=True,
+        upstream_args=("--latency-ms", "200"),
+        metrics=(UPSTREAM_CALLS, UPSTREAM, P50),
+    ),
+    "dedup-burst-stream": Scenario(
+        "100 concurrent identical streamed chat requests, upstream 200 ms: single flight",
+        load="stream",
+        concurrency=100,
+        count=100,
+        warmup=0,
+        repeat=True,
+        upstream_args=("--latency-ms", "200", "--chunk-delay-ms", "2"),
+        metrics=(UPSTREAM_CALLS, UPSTREAM, P50),
+    ),
+    "embeddings-burst": Scenario(
+        "2,000 concurrent single-input embeddings; upstream 20 ms + 0.2 ms/input, 4 at once",
+        load="embeddings",
+        concurrency=2000,
+        count=2000,
+        warmup=0,
+        upstream_args=("--latency-ms", "20", "--per-input-ms", "0.2", "--max-concurrency", "4"),
+        metrics=(WALL, UPSTREAM_CALLS, UPSTREAM, P50, P99),
+    ),
+    "batching-low-load": Scenario(
+        "embeddings one at a time, batching on with max_wait_ms 5",
+        load="embeddings",
+        concurrency=1,
+        count=1000,
+        metrics=(P50, P90, UPSTREAM),
+        proxy_config={"batching": {"embeddings": {"max_wait_ms": 5}}},
+    ),
+    "batching-low-load-0": Scenario(
+        "embeddings one at a time, batching on with max_wait_ms 0",
+        load="embeddings",
+        concurrency=1,
+        count=1000,
+        metrics=(P50, P90, UPSTREAM),
+        proxy_config={"batching": {"embeddings": {"max_wait_ms": 0}}},
+    ),
+    "batching-low-load-off": Scenario(
+        "embeddings one at a time, batching off (pass-through baseline)",
+        load="embeddings",
+        concurrency=1,
+        count=1000,
+        metrics=(P50, P90, UPSTREAM),
+        proxy_config={"batching": {"enabled": False}},
     ),
     "stream-ttfb": Scenario(
         "chat stream, one at a time, upstream chunks 5 ms apart: TTFB and chunk pacing",
