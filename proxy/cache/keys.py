@@ -37,6 +37,8 @@ SHARED_SCOPE = "shared"
 
 
 def _normalise(value: Any) -> Any:
+    if isinstance(value, str):  # most values: settle them first
+        return value
     if isinstance(value, float):
         # 1, 1.0 and 1e0 mean the same temperature.
         return int(value) if value.is_integer() and abs(value) < 2**53 else value

@@ -84,12 +84,11 @@ class ResponseCache:
     async def handle(self, call: Call, next_stage: Next) -> Reply:
         """Answer one cacheable call: from the cache, or from below (and store it)."""
         key = request_key(call, settings=self.settings, drop=self.drop)
-        call = call.with_key(key)
         control = call.cache
         counters = self._counters[call.path]
         if control.no_store or not self._eligible(call):
             counters.bypasses.inc()
-            return _mark(await next_stage(call), BYPASS, key)
+            return _mark(await next_stage(call.with_key(key)), BYPASS, key)
         if not control.no_cache:
             hit = await self._lookup(call, key)
             if hit is not None:
@@ -101,6 +100,7 @@ class ResponseCache:
                 "The response is not in the cache (Cache-Control: only-if-cached)",
                 headers={"X-Cache": MISS, "X-Cache-Key": digest_of(key)},
             )
+        call = call.with_key(key)  # (only now: a hit never pays for the copy)
         reply = await next_stage(call)
         tag = BYPASS if control.no_cache else MISS
         _mark(reply, tag, key)

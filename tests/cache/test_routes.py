@@ -89,14 +89,6 @@ def test_stream_replay_keeps_bytes_and_chunk_boundaries(
     assert fake.state.calls[CHAT] == 2  # direct + the one miss
 
 
-def _chat(client: Any, stream: bool, usage: bool, **extra: Any) -> tuple[str, Any]:
-    options = {"stream_options": {"include_usage": True}} if stream and usage else {}
-    raw = client.chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=MESSAGES, stream=stream, **options, **extra
-    )
-    return raw.headers["x-cache"], raw.parse()
-
-
 def _fold(parsed: Any, stream: bool) -> dict[str, Any]:
     """What an application reads from either form: content, tool calls, finish, usage."""
     if not stream:
@@ -139,10 +131,9 @@ def test_stream_stored_then_json_hit(
     make_proxy: ProxyFactory, fake: Fake, config: dict, tools: bool
 ) -> None:
     client = make_proxy(config).client()
-    extra: dict[str, Any] = {"tools": TOOLS} if tools else {}
+    extra: dict[str, Any] = {}
     if tools:
-        MESSAGES_W = [{"role": "user", "content": "weather in Paris?"}]
-        extra["messages"] = MESSAGES_W
+        extra = {"tools": TOOLS, "messages": [{"role": "user", "content": "weather in Paris?"}]}
     tag, original = _chat_any(client, stream=True, usage=True, **extra)
     expected = _fold(original, stream=True)
     tag2, again = _chat_any(client, stream=False, usage=False, **extra)
