@@ -73,9 +73,46 @@ class Scenario:
     inputs: int = 1
     upstream_args: tuple[str, ...] = ()
     proxy_config: Mapping[str, Any] = field(default_factory=dict)  # merged into the base config
+    #: Start a redis-server (free port, no persistence) and export its URL as
+    #: $LLM_PROXY_BENCH_JOBS_REDIS_URL for the proxy config.
+    redis: bool = False
 
+
+_CACHE_MEMORY: Mapping[str, Any] = {"cache": {"enabled": True, "backend": "memory"}}
+_CACHE_REDIS: Mapping[str, Any] = {
+    "cache": {"enabled": True, "backend": "redis"},
+    "redis": {"url": "${LLM_PROXY_BENCH_REDIS_URL:-redis://127.0.0.1:6379/0}"},
+}
+
+# Jobs (issue 5): driven by bench.jobs_load, which speaks the loadgen command line.
+_JOBS_DRIVERS = {"job-submit": "bench.jobs_load", "job-drain": "bench.jobs_load"}
+_JOBS_REDIS: Mapping[str, Any] = {
+    "redis": {"url": "${LLM_PROXY_BENCH_JOBS_REDIS_URL}"},
+    "jobs": {"store": "redis", "concurrency": 64, "poll_interval_s": 0.05},
+}
+WALL = Metric("elapsed_s", "wall time (s)", "ratio")
+DRAIN_RATIO = Metric("drain_ratio", "jobs / sync via proxy, wall time", "ratio")
 
 SCENARIOS: dict[str, Scenario] = {
+    "job-submit-latency": Scenario(
+        "POST /v1/jobs one at a time, Redis on loopback (direct: a synchronous chat request)",
+        load="job-submit",
+        concurrency=1,
+        count=2000,
+        metrics=(P50, P90, P99),
+        proxy_config=_JOBS_REDIS,
+        redis=True,
+    ),
+    "job-drain": Scenario(
+        "5,000 jobs drained vs 5,000 synchronous chat requests, 64 concurrent, zero latency",
+        load="job-drain",
+        concurrency=64,
+        count=5000,
+        warmup=200,
+        metrics=(WALL, DRAIN_RATIO),
+        proxy_config=_JOBS_REDIS,
+        redis=True,
+    ),
     "passthrough-latency": Scenario(
         "chat, non-stream, one request at a time: latency the proxy adds",
         load="chat",
@@ -152,6 +189,46 @@ SCENARIOS: dict[str, Scenario] = {
         warmup=20,
         upstream_args=("--chunk-delay-ms", "5"),
         metrics=(TTFB_P50, TTFB_P99, GAP_P50, P50, UPSTREAM),
+    ),
+    # Response cache (issue 3): the same request repeated, so every measured request is a hit
+    # (the warmup stores it). Run with passthrough-throughput to compare hits with pass-through.
+    "cache-hit-latency": Scenario(
+        "chat, non-stream, one at a time, repeated: a memory-cache hit",
+        load="chat",
+        concurrency=1,
+        count=2000,
+        repeat=True,
+        metrics=(P50, P90, P99, UPSTREAM),
+        proxy_config=_CACHE_MEMORY,
+    ),
+    "cache-hit-redis-latency": Scenario(
+        "chat, non-stream, one at a time, repeated: a Redis-cache hit (a redis-server at "
+        "$LLM_PROXY_BENCH_REDIS_URL, default redis://127.0.0.1:6379/0)",
+        load="chat",
+        concurrency=1,
+        count=2000,
+        repeat=True,
+        metrics=(P50, P90, P99, UPSTREAM),
+        proxy_config=_CACHE_REDIS,
+    ),
+    "cache-hit-throughput": Scenario(
+        "chat, non-stream, 64 concurrent, repeated: memory-cache hits vs a zero-latency upstream",
+        load="chat",
+        concurrency=64,
+        count=20000,
+        repeat=True,
+        metrics=(RPS, P50, P99, UPSTREAM),
+        proxy_config=_CACHE_MEMORY,
+    ),
+    "cache-hit-slow-upstream": Scenario(
+        "chat, non-stream, 64 concurrent, repeated, upstream 200 ms: hits vs direct",
+        load="chat",
+        concurrency=64,
+        count=3000,
+        repeat=True,
+        upstream_args=("--latency-ms", "200"),
+        metrics=(RPS, P50, P99, UPSTREAM),
+        proxy_config=_CACHE_MEMORY,
     ),
 }
 
@@ -290,7 +367,7 @@ def _loadgen(base_url: str, scenario: Scenario, reset_url: str, opts: Options) -
     argv = [
         opts.python,
         "-m",
-        "bench.loadgen",
+        _JOBS_DRIVERS.get(scenario.load, "bench.loadgen"),
         "--url",
         base_url,
         "--scenario",
@@ -371,6 +448,8 @@ def run_scenario(name: str, scenario: Scenario, opts: Options) -> dict[str, Any]
             _child("fake_upstream", _pinned(opts.cpu_upstream, fake_argv, opts), opts)
         )
         _wait_ready("fake_upstream", f"{fake}/v1/models", fake_proc, opts)
+        if scenario.redis:
+            _start_redis(stack, opts)
         targets = {"direct": f"{fake}/v1"}
         if not opts.direct_only:
             targets["proxy"] = _start_proxy(stack, upstream_port, scenario, opts)
@@ -393,6 +472,24 @@ def run_scenario(name: str, scenario: Scenario, opts: Options) -> dict[str, Any]
         "errors": {t: _sum_errors(rs) for t, rs in runs.items()},
         "runs": runs,
     }
+
+
+def _start_redis(stack: contextlib.ExitStack, opts: Options) -> None:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server is not on PATH")
+    port = _free_port()
+    argv = [exe, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+    argv += ["--dir", str(opts.log_dir)]
+    stack.enter_context(_child("redis", _pinned(opts.cpu_upstream, argv, opts), opts))
+    deadline = time.monotonic() + opts.startup_timeout_s
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError("redis-server did not start")
+        time.sleep(0.05)
+    os.environ["LLM_PROXY_BENCH_JOBS_REDIS_URL"] = f"redis://{HOST}:{port}/0"
 
 
 def _start_proxy(
