@@ -81,7 +81,7 @@ class Scenario:
 _CACHE_MEMORY: Mapping[str, Any] = {"cache": {"enabled": True, "backend": "memory"}}
 _CACHE_REDIS: Mapping[str, Any] = {
     "cache": {"enabled": True, "backend": "redis"},
-    "redis": {"url": "${LLM_PROXY_BENCH_REDIS_URL:-redis://127.0.0.1:6379/0}"},
+    "redis": {"url": "${LLM_PROXY_BENCH_JOBS_REDIS_URL}"},  # the scenario starts a redis-server
 }
 
 # Jobs (issue 5): driven by bench.jobs_load, which speaks the loadgen command line.
@@ -202,14 +202,14 @@ SCENARIOS: dict[str, Scenario] = {
         proxy_config=_CACHE_MEMORY,
     ),
     "cache-hit-redis-latency": Scenario(
-        "chat, non-stream, one at a time, repeated: a Redis-cache hit (a redis-server at "
-        "$LLM_PROXY_BENCH_REDIS_URL, default redis://127.0.0.1:6379/0)",
+        "chat, non-stream, one at a time, repeated: a Redis-cache hit (Redis on loopback)",
         load="chat",
         concurrency=1,
         count=2000,
         repeat=True,
         metrics=(P50, P90, P99, UPSTREAM),
         proxy_config=_CACHE_REDIS,
+        redis=True,
     ),
     "cache-hit-throughput": Scenario(
         "chat, non-stream, 64 concurrent, repeated: memory-cache hits vs a zero-latency upstream",
