@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from ..config import Settings
 from ..handlers import jobs as handlers
-from ..keys import DOOR, JOBS, METRICS, PIPELINE, REDIS, SETTINGS
+from ..keys import DOOR, JOBS, METRICS, PIPELINE, SETTINGS
 from .limits import MemoryBuckets, RateLimiter, RedisBuckets, bucket_limits
 from .memory import MemoryJobStore
 from .redis import RedisJobStore
@@ -28,18 +29,33 @@ __all__ = ["add_job_routes", "jobs_ctx"]
 
 log = logging.getLogger(__name__)
 
+_MAX_CONNECTIONS = 128
 
-def _store(app: web.Application, settings: Settings) -> tuple[JobStore, RateLimiter]:
+
+def _redis(settings: Settings) -> Redis:
+    """The job feature's own client: a blocking pool, so a burst waits for a connection
+    (up to ``jobs.store_timeout_s``) instead of failing with "too many connections"."""
+    assert settings.redis.url is not None
+    pool = BlockingConnectionPool.from_url(
+        settings.redis.url,
+        max_connections=_MAX_CONNECTIONS,
+        timeout=settings.jobs.store_timeout_s,
+        socket_connect_timeout=1.0,
+    )
+    return Redis.from_pool(pool)
+
+
+def _store(redis: Redis | None, settings: Settings) -> tuple[JobStore, RateLimiter]:
     jobs = settings.jobs
     limits = bucket_limits(jobs.rate_limit)
-    if settings.jobs_on_redis:
+    if redis is not None:
         store = RedisJobStore(
-            app[REDIS],
+            redis,
             prefix=settings.redis.key_prefix,
             result_ttl_s=jobs.result_ttl_s,
             op_timeout_s=jobs.store_timeout_s,
         )
-        return store, RateLimiter(RedisBuckets(app[REDIS], store.keys, limits), limits)
+        return store, RateLimiter(RedisBuckets(redis, store.keys, limits), limits)
     log.warning(
         "jobs use the in-memory store: queued jobs and results do not survive a restart "
         "(set redis.url to keep them)"
@@ -55,7 +71,8 @@ async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
         app[JOBS] = None
         yield
         return
-    store, limiter = _store(app, settings)
+    redis = _redis(settings) if settings.jobs_on_redis else None
+    store, limiter = _store(redis, settings)
     session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
     webhooks = None
     if settings.jobs.webhook_secret is not None:
@@ -87,6 +104,8 @@ async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
         app[DOOR].async_door = None
         await service.stop()
         await session.close()
+        if redis is not None:
+            await redis.aclose()
 
 
 def add_job_routes(app: web.Application) -> None:

@@ -7,6 +7,7 @@ by deadline, a hash per job, a per-tenant ZSET for listing and a hash of active 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Awaitable
@@ -22,6 +23,8 @@ from .models import CANCELLED, Job, JobStatus
 from .store import Deleted, Lease
 
 __all__ = ["RedisJobStore"]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -202,6 +205,7 @@ class RedisJobStore:
             async with asyncio.timeout(self._timeout_s):
                 return await aw
         except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("job store operation failed: %s: %s", type(exc).__name__, exc)
             raise StoreUnavailable(
                 "The job store (Redis) is unavailable; the job was not stored. Try again later."
             ) from exc
