@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from .auth import Authenticator
@@ -52,7 +52,12 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         app[REDIS] = None
         yield
         return
-    client = Redis.from_url(url, socket_connect_timeout=1.0, health_check_interval=10)
+    # A blocking pool: under a burst, callers wait briefly for a connection instead of failing
+    # with MaxConnectionsError (the default pool's behaviour past 100 connections).
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=512, timeout=2.0, socket_connect_timeout=1.0, health_check_interval=10
+    )
+    client = Redis(connection_pool=pool)
     app[REDIS] = client
 
     async def check() -> str | None:
@@ -67,6 +72,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await client.aclose()
+        await pool.aclose()
 
 
 async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
