@@ -2,12 +2,15 @@
 
 Eviction order is kept by ``cachetools`` (``LRUCache``, ``LFUCache``, ``FIFOCache``); its
 ``maxsize`` is the byte budget, with each entry weighed as its value plus a fixed overhead, and
-the entry-count bound is enforced on top. Nothing here awaits, so concurrent tasks cannot
+the entry-count bound is enforced on top. Expired entries are dropped when read, and swept in
+expiry order (a heap) on every write, so that no policy keeps dead entries: LFU would otherwise
+hold a once-popular expired entry for ever. Nothing here awaits, so concurrent tasks cannot
 interleave inside an operation.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Callable
 from typing import Literal, NamedTuple
@@ -55,6 +58,8 @@ class MemoryBackend:
         self._store: Cache[str, _Item] = _POLICIES[eviction](maxsize=max_bytes, getsizeof=_weight)
         self._metrics = metrics
         self._clock = clock
+        #: (expires_at, key) of every write; stale pairs (overwritten or evicted keys) are skipped.
+        self._expiries: list[tuple[float, str]] = []
 
     @property
     def bytes_held(self) -> int:
@@ -78,7 +83,9 @@ class MemoryBackend:
         if ttl_s <= 0:
             return
         store = self._store
-        item = _Item(self._clock() + ttl_s, value)
+        now = self._clock()
+        self._sweep(now)
+        item = _Item(now + ttl_s, value)
         if _weight(item) > self.max_bytes:
             await self.delete(key)  # a newer answer that does not fit must not leave the old one
             return
@@ -91,6 +98,7 @@ class MemoryBackend:
         before = len(store) + (0 if key in store else 1)
         store[key] = item  # evicts by the policy, before inserting, to stay within max_bytes
         evicted += before - len(store)
+        heapq.heappush(self._expiries, (item.expires_at, key))
         if self._metrics is not None:
             self._metrics.cache_stores.inc()
             if evicted:
@@ -111,8 +119,24 @@ class MemoryBackend:
     def problem(self) -> str | None:
         return None
 
+    def _peek(self, key: str) -> _Item | None:
+        """The item without counting it as a use (no LRU move, no LFU count)."""
+        return Cache.__getitem__(self._store, key) if key in self._store else None
+
+    def _sweep(self, now: float) -> None:
+        heap = self._expiries
+        while heap and heap[0][0] <= now:
+            expires_at, key = heapq.heappop(heap)
+            item = self._peek(key)
+            if item is not None and item.expires_at == expires_at:
+                del self._store[key]
+        if len(heap) > 2 * len(self._store) + 1024:  # mostly stale pairs: rebuild
+            heap[:] = [(self._peek(k).expires_at, k) for k in self._store]  # type: ignore[union-attr]
+            heapq.heapify(heap)
+
     async def close(self) -> None:
         self._store.clear()
+        self._expiries.clear()
         self._gauges()
 
     def _gauges(self) -> None:

@@ -97,3 +97,30 @@ async def test_overwrite_replaces_the_size() -> None:
     await backend.set(k("a"), bytes(1000), ttl_s=60)
     await backend.set(k("a"), bytes(10), ttl_s=60)
     assert backend.bytes_held == 10 + ENTRY_OVERHEAD_BYTES
+
+
+@pytest.mark.parametrize("eviction", ["lru", "lfu", "fifo"])
+async def test_expired_entries_are_swept_on_write_even_if_popular(eviction: str) -> None:
+    now = [1000.0]
+    backend = make_memory(eviction=eviction, clock=lambda: now[0])
+    await backend.set(k("popular"), bytes(1000), ttl_s=5)
+    for _ in range(50):
+        assert await backend.get(k("popular")) is not None
+    await backend.set(k("other"), bytes(10), ttl_s=60)
+    now[0] += 10
+    await backend.set(k("new"), bytes(10), ttl_s=60)
+    assert len(backend) == 2  # the expired entry is gone without being read
+    assert backend.bytes_held == 2 * (10 + ENTRY_OVERHEAD_BYTES)
+
+
+async def test_overwritten_entries_keep_their_newest_expiry() -> None:
+    now = [1000.0]
+    backend = make_memory(clock=lambda: now[0])
+    await backend.set(k("a"), b"first", ttl_s=5)
+    await backend.set(k("a"), b"second", ttl_s=60)
+    now[0] += 10
+    await backend.set(k("b"), b"v", ttl_s=60)  # sweeps the stale (t+5, a) pair: a must stay
+    assert await backend.get(k("a")) == b"second"
+    for _ in range(3000):  # many overwrites: the expiry heap stays proportional to the store
+        await backend.set(k("a"), b"v", ttl_s=60)
+    assert len(backend._expiries) <= 2 * len(backend) + 1024
