@@ -18,7 +18,7 @@ from prometheus_client import Counter
 
 from ..call import Call, Next, Reply
 from ..config import CacheSettings
-from ..errors import NotCached
+from ..errors import NotCached, ProxyError
 from ..metrics import Metrics
 from .backend import CacheBackend
 from .entry import Entry, keep_headers
@@ -101,8 +101,12 @@ class ResponseCache:
                 headers={"X-Cache": MISS, "X-Cache-Key": digest_of(key)},
             )
         call = call.with_key(key)  # (only now: a hit never pays for the copy)
-        reply = await next_stage(call)
         tag = BYPASS if control.no_cache else MISS
+        try:
+            reply = await next_stage(call)
+        except ProxyError:
+            (counters.bypasses if tag == BYPASS else counters.misses).inc()
+            raise
         _mark(reply, tag, key)
         # The batcher answers HIT when every input came from its per-input cache.
         if reply.headers.get("X-Cache") == HIT:

@@ -42,6 +42,9 @@ def cluster_url() -> Iterator[str]:
             "yes",
             "--cluster-config-file",
             f"{workdir}/nodes.conf",
+            # The bus port defaults to port + 10000, which may be taken or above 65535.
+            "--cluster-port",
+            str(free_port()),
             "--dir",
             workdir,
         ],
@@ -56,6 +59,7 @@ def cluster_url() -> Iterator[str]:
                 client.ping()
                 break
             except redis.ConnectionError:
+                assert proc.poll() is None, "redis-server (cluster mode) exited"
                 assert time.monotonic() < deadline, "cluster node did not start"
                 time.sleep(0.02)
         client.execute_command("CLUSTER", "ADDSLOTSRANGE", "0", "16383")

@@ -160,3 +160,23 @@ def test_json_to_stream_and_back_is_the_same_answer() -> None:
     again = assemble("/v1/chat/completions", b"".join(events))
     assert again is not None
     assert orjson.loads(again) == orjson.loads(_chat_json())
+
+
+async def test_a_failed_call_below_counts_as_a_miss_and_stores_nothing() -> None:
+    from proxy.errors import UpstreamError
+
+    metrics = Metrics()
+    cache = ResponseCache(settings=CacheSettings(), backend=make_memory(), metrics=metrics)
+
+    async def below(call: Call) -> Reply:
+        raise UpstreamError("down")
+
+    try:
+        await cache.wrap(below)(_call())
+    except UpstreamError:
+        pass
+    else:
+        raise AssertionError("the error must reach the door")
+    assert metrics.hit_rate() == 0.0
+    assert metrics.cache_misses.labels(route="/v1/chat/completions")._value.get() == 1
+    assert len(cache.backend) == 0  # type: ignore[arg-type]
