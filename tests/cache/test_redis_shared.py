@@ -153,3 +153,24 @@ async def test_breaker_opens_and_closes(redis_server: RedisServer, redis_url: st
         if redis_server.proc is None:
             redis_server.start()
         await backend.close()
+
+
+def test_breaker_logs_an_outage_once_per_interval(caplog: Any) -> None:
+    from proxy.cache.redis import Breaker
+
+    now = [100.0]
+    breaker = Breaker(cooldown_s=1.0, clock=lambda: now[0])
+    with caplog.at_level("WARNING", logger="proxy.cache.redis"):
+        for _ in range(20):  # twenty failing requests within the interval: one line
+            breaker.failed("get", ConnectionError("refused"))
+            assert not breaker.allow()  # open for the cooldown
+            now[0] += 1.0
+            assert breaker.allow()  # then one more try
+        now[0] += 30
+        breaker.failed("get", ConnectionError("refused"))  # a new interval: one more line
+        breaker.succeeded()
+        breaker.succeeded()  # already closed: no second "back" line
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3, lines
+    assert "19 more failures" in lines[1]
+    assert lines[2] == "cache redis is back"
