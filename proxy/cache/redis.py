@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import zlib
-from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
@@ -23,18 +21,18 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from ..breaker import Breaker
 from ..config import CacheSettings, RedisSettings
 from ..errors import StoreUnavailable
 from ..metrics import Metrics
 
-__all__ = ["Breaker", "RedisBackend", "open_redis"]
+__all__ = ["RedisBackend", "open_redis"]
 
 log = logging.getLogger(__name__)
 
 #: What a broken, slow or missing Redis raises.
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 _RAW, _ZLIB = b"\x00", b"\x01"
-_LOG_EVERY_S = 30.0
 _SCAN_COUNT = 1000
 #: Connections per Redis node; a request beyond this waits (up to the op timeout) for one.
 _MAX_CONNECTIONS = 32
@@ -57,54 +55,6 @@ def open_redis(settings: RedisSettings) -> Any:
     return Redis.from_pool(pool)
 
 
-class Breaker:
-    """Open after a failure for ``cooldown_s``; logs the outage at most once per interval."""
-
-    def __init__(
-        self,
-        *,
-        cooldown_s: float,
-        name: str = "redis",
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.cooldown_s = cooldown_s
-        self.name = name
-        self._clock = clock
-        self.open_until = 0.0
-        self._last_log = -_LOG_EVERY_S
-        self._quiet_failures = 0
-
-    def allow(self) -> bool:
-        return not self.open_until or self._clock() >= self.open_until
-
-    @property
-    def is_open(self) -> bool:
-        return bool(self.open_until)
-
-    def failed(self, op: str, exc: BaseException) -> None:
-        now = self._clock()
-        self.open_until = now + self.cooldown_s
-        if now - self._last_log >= _LOG_EVERY_S:
-            log.warning(
-                "cache %s unavailable (%s on %s: %s); serving without cache, retrying in %.1fs"
-                " (%d more failures since the last report)",
-                self.name,
-                type(exc).__name__,
-                op,
-                exc,
-                self.cooldown_s,
-                self._quiet_failures,
-            )
-            self._last_log, self._quiet_failures = now, 0
-        else:
-            self._quiet_failures += 1
-
-    def succeeded(self) -> None:
-        if self.open_until:
-            self.open_until = 0.0
-            log.warning("cache %s is back", self.name)
-
-
 class RedisBackend:
     """Entries in Redis with a TTL each, compressed above a size threshold; fails open."""
 
@@ -120,7 +70,11 @@ class RedisBackend:
         self.prefix = f"{redis.key_prefix}:cache:v{cache.key_version}:"
         self.compress_min_bytes = cache.compress_min_bytes
         self.timeout_s = redis.op_timeout_ms / 1000
-        self.breaker = Breaker(cooldown_s=redis.breaker_cooldown_s)
+        self.breaker = Breaker(
+            cooldown_s=redis.breaker_cooldown_s,
+            name="cache redis",
+            fallback="serving without cache",
+        )
         self._metrics = metrics
 
     def name(self, key: str) -> str:

@@ -35,6 +35,7 @@ async def coalesce_ctx(app: web.Application) -> AsyncIterator[None]:
                 wait_s=settings.coalescing.cross_replica_wait_s,
                 claim_ttl_s=settings.coalescing.claim_ttl_s,
                 op_timeout_s=settings.redis.op_timeout_ms / 1000,
+                breaker_cooldown_s=settings.redis.breaker_cooldown_s,
                 metrics=metrics,
             )
         single = SingleFlight(cache=settings.cache, metrics=metrics, remote=remote)

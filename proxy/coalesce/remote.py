@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
+from ..breaker import Breaker
 from ..metrics import Metrics
 
 __all__ = ["Claim", "FlightKeys", "Record", "RemoteFlights"]
@@ -116,6 +117,7 @@ class RemoteFlights:
         wait_s: float,
         claim_ttl_s: float,
         op_timeout_s: float,
+        breaker_cooldown_s: float,
         metrics: Metrics,
     ) -> None:
         self.redis = redis
@@ -124,13 +126,19 @@ class RemoteFlights:
         self.claim_ttl_ms = max(1, int(claim_ttl_s * 1000))
         self.op_timeout_s = op_timeout_s
         self.metrics = metrics
+        # A Redis that is down or frozen must not cost every request an op timeout.
+        self.breaker = Breaker(
+            cooldown_s=breaker_cooldown_s,
+            name="single-flight redis",
+            fallback="coalescing within this replica only",
+        )
         self._release = redis.register_script(_RELEASE)
         self._refresh = redis.register_script(_REFRESH)
         self._publish = redis.register_script(_PUBLISH)
 
     def _failed(self, op: str, exc: BaseException) -> None:
         self.metrics.redis_errors.labels(op).inc()
-        log.warning("single flight across replicas: redis %s failed: %r", op, exc)
+        self.breaker.failed(op, exc)
 
     async def _claim(self, flight_id: str) -> Claim | None:
         """Take the claim, or ``None`` when another replica holds it; Redis errors propagate."""
@@ -142,8 +150,11 @@ class RemoteFlights:
 
     async def acquire(self, flight_id: str) -> Claim | Record | None:
         """Lead (a :class:`Claim`), follow (the leader's :class:`Record`), or go alone (None)."""
+        if not self.breaker.allow():
+            return None
         try:
             claim = await self._claim(flight_id)
+            self.breaker.succeeded()
             if claim is not None:
                 return claim
         except _FAILURES as exc:
@@ -163,11 +174,13 @@ class RemoteFlights:
         """The claimed flight's result, or ``None`` after the bound or once the claim is gone."""
         keys = FlightKeys.of(self.prefix, flight_id)
         deadline = time.monotonic() + self.wait_s
+        op_timeout = self.op_timeout_s
         try:
             async with self.redis.pubsub() as pubsub:
-                await pubsub.subscribe(keys.channel)
+                async with asyncio.timeout(op_timeout):
+                    await pubsub.subscribe(keys.channel)
                 while True:
-                    async with self.redis.pipeline(transaction=True) as pipe:
+                    async with asyncio.timeout(op_timeout), self.redis.pipeline() as pipe:
                         claimed, raw = await pipe.exists(keys.claim).get(keys.result).execute()
                     if raw is not None:
                         return Record.decode(raw)

@@ -69,9 +69,9 @@ def test_slow_redis_is_bounded_by_the_op_timeout(
     redis_proxy_config: dict[str, Any],
     redis_server: RedisServer,
 ) -> None:
-    """A Redis that accepts connections but never answers (SIGSTOP) costs one op timeout."""
-    # Coalescing off: its cross-replica claims use Redis too, and this measures the cache alone.
-    proxy = make_proxy({**redis_proxy_config, "coalescing": {"enabled": False}})
+    """A Redis that accepts connections but never answers (SIGSTOP) costs one op timeout
+    (per Redis user: the cache and the cross-replica single flight each have a breaker)."""
+    proxy = make_proxy(redis_proxy_config)
     post(proxy.url, CHAT, HELLO)
     assert redis_server.proc is not None
     redis_server.proc.send_signal(signal.SIGSTOP)
@@ -156,11 +156,13 @@ async def test_breaker_opens_and_closes(redis_server: RedisServer, redis_url: st
 
 
 def test_breaker_logs_an_outage_once_per_interval(caplog: Any) -> None:
-    from proxy.cache.redis import Breaker
+    from proxy.breaker import Breaker
 
     now = [100.0]
-    breaker = Breaker(cooldown_s=1.0, clock=lambda: now[0])
-    with caplog.at_level("WARNING", logger="proxy.cache.redis"):
+    breaker = Breaker(
+        cooldown_s=1.0, name="cache redis", fallback="serving without cache", clock=lambda: now[0]
+    )
+    with caplog.at_level("WARNING", logger="proxy.breaker"):
         for _ in range(20):  # twenty failing requests within the interval: one line
             breaker.failed("get", ConnectionError("refused"))
             assert not breaker.allow()  # open for the cooldown
