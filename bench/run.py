@@ -246,6 +246,8 @@ class Options:
     proxy_module: str
     proxy_args: tuple[str, ...]
     proxy_config_extra: Mapping[str, Any]
+    #: Also measure the bare forwarder (bench.bare_forwarder) in the same rounds.
+    bare: bool
     startup_timeout_s: float
     run_timeout_s: float
     log_dir: Path
@@ -427,6 +429,8 @@ def _rows(scenario: Scenario, runs: Mapping[str, list[dict[str, Any]]]) -> list[
         proxied = _median(runs.get("proxy", []), metric.key)
         row: dict[str, Any] = {"metric": metric.key, "label": metric.label}
         row.update(direct=direct, proxy=proxied, compare=metric.compare, delta=None)
+        if "bare" in runs:
+            row["bare"] = _median(runs["bare"], metric.key)
         if direct is not None and proxied is not None:
             if metric.compare == "added":
                 row["delta"] = round(proxied - direct, 3)
@@ -454,6 +458,11 @@ def run_scenario(name: str, scenario: Scenario, opts: Options) -> dict[str, Any]
         if not opts.direct_only:
             targets["proxy"] = _start_proxy(stack, upstream_port, scenario, opts)
             runs["proxy"] = []
+            if opts.bare:
+                targets["bare"] = _start_proxy(
+                    stack, upstream_port, scenario, opts, name="bare", module="bench.bare_forwarder"
+                )
+                runs["bare"] = []
         for round_ in range(opts.rounds):
             # Alternate the order so slow drift (thermal, caches) does not favour one side.
             order = list(targets) if round_ % 2 == 0 else list(reversed(targets))
@@ -493,18 +502,26 @@ def _start_redis(stack: contextlib.ExitStack, opts: Options) -> None:
 
 
 def _start_proxy(
-    stack: contextlib.ExitStack, upstream_port: int, scenario: Scenario, opts: Options
+    stack: contextlib.ExitStack,
+    upstream_port: int,
+    scenario: Scenario,
+    opts: Options,
+    *,
+    name: str = "proxy",
+    module: str | None = None,
 ) -> str:
     port = _free_port()
     config = proxy_config(
         upstream_port=upstream_port, scenario=scenario, extra=opts.proxy_config_extra
     )
-    config_path = opts.log_dir / "proxy.yaml"
+    config_path = opts.log_dir / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    argv = [opts.python, "-m", opts.proxy_module, "--config", str(config_path)]
-    argv += ["--host", HOST, "--port", str(port), *opts.proxy_args]
-    proc = stack.enter_context(_child("proxy", _pinned(opts.cpu_proxy, argv, opts), opts))
-    _wait_ready("proxy", f"http://{HOST}:{port}/healthz", proc, opts)
+    argv = [opts.python, "-m", module or opts.proxy_module, "--config", str(config_path)]
+    argv += ["--host", HOST, "--port", str(port)]
+    if module is None:
+        argv += opts.proxy_args
+    proc = stack.enter_context(_child(name, _pinned(opts.cpu_proxy, argv, opts), opts))
+    _wait_ready(name, f"http://{HOST}:{port}/healthz", proc, opts)
     return f"http://{HOST}:{port}/v1"
 
 
@@ -538,6 +555,15 @@ def _fmt_delta(row: Mapping[str, Any]) -> str:
     return f"{delta:.2f}x" if row["compare"] == "ratio" else f"{delta:+.3f} ms"
 
 
+def _vs_bare(row: Mapping[str, Any]) -> str:
+    bare, proxied = row.get("bare"), row["proxy"]
+    if bare is None or proxied is None:
+        return "-"
+    if row["compare"] == "ratio":
+        return f"{proxied / bare:.2f}x" if bare else "-"
+    return f"{proxied - bare:+.3f} ms"
+
+
 def markdown(result: Mapping[str, Any]) -> str:
     """A markdown table for one `run_scenario` result."""
     lines = [
@@ -545,13 +571,21 @@ def markdown(result: Mapping[str, Any]) -> str:
         f"{result['load']}, concurrency {result['concurrency']}, {result['count']} requests, "
         f"median of {result['rounds']} rounds",
         "",
-        "| metric | direct | proxy | ratio / added |",
-        "|---|---:|---:|---:|",
     ]
+    bare = any("bare" in row for row in result["rows"])
+    if bare:
+        lines += [
+            "| metric | direct | proxy | ratio / added | bare forwarder | proxy vs bare |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+    else:
+        lines += ["| metric | direct | proxy | ratio / added |", "|---|---:|---:|---:|"]
     for row in result["rows"]:
-        lines.append(
-            f"| {row['label']} | {_fmt(row['direct'])} | {_fmt(row['proxy'])} | {_fmt_delta(row)} |"
-        )
+        cells = [row["label"], _fmt(row["direct"]), _fmt(row["proxy"]), _fmt_delta(row)]
+        line = "| " + " | ".join(cells) + " |"
+        if bare:
+            line += f" {_fmt(row.get('bare'))} | {_vs_bare(row)} |"
+        lines.append(line)
     errors = {t: e for t, e in result["errors"].items() if e}
     if errors:
         lines += ["", f"**errors**: {errors}"]
@@ -582,6 +616,7 @@ def _options(args: argparse.Namespace, log_dir: Path) -> Options:
         proxy_module=args.proxy_module,
         proxy_args=tuple(args.proxy_arg),
         proxy_config_extra=extra,
+        bare=args.bare,
         startup_timeout_s=args.startup_timeout_s,
         run_timeout_s=args.run_timeout_s,
         log_dir=log_dir,
@@ -610,6 +645,11 @@ def _parser() -> argparse.ArgumentParser:
     add("--proxy-arg", action="append", default=[], help="extra argument for `python -m proxy`")
     add("--header", action="append", default=[], metavar="K:V", help="passed to the loadgen")
     add("--direct-only", action="store_true", help="skip the proxy (check the harness itself)")
+    add(
+        "--bare",
+        action="store_true",
+        help="also run bench.bare_forwarder in the same rounds (the yardstick for the core)",
+    )
     add("--no-pin", action="store_true", help="do not use taskset")
     add("--cpu-upstream", type=int, default=1)
     add("--cpu-proxy", type=int, default=1)
