@@ -1,9 +1,11 @@
-"""The cache key: SHA-256 over tenant, upstream, path and the canonical request body.
+"""The cache key: SHA-256 over tenant, upstream, path, query, the headers that select an account,
+and the canonical request body.
 
 Two requests that mean the same thing get the same key (key order, whitespace and number
 spelling do not matter; ``stream``, ``stream_options`` and ``cache.ignore_fields`` are dropped).
-Anything that can change the answer (model after aliasing, messages, tools, temperature, n, ...)
-changes the key.
+Anything that can change the answer (model after aliasing, messages, tools, temperature, n, the
+query such as Azure's ``api-version``, ``OpenAI-Organization``/``OpenAI-Project``, ...) changes
+the key. The order of a JSON Schema's ``properties`` is kept: structured outputs follow it.
 
 A key reads ``<scope>:<sha256 hex>``: the scope is the tenant id (itself a hash of the
 credential) or ``shared``, so one tenant's part of the cache can be found and emptied; the rest is
@@ -23,17 +25,25 @@ from ..config import CacheSettings
 __all__ = [
     "NEVER_IN_KEY",
     "SHARED_SCOPE",
+    "VARY_HEADERS",
     "canonical_body",
     "digest_of",
     "drop_fields",
     "is_deterministic",
     "request_key",
+    "variant",
 ]
 
 #: Fields that change the transport, not the answer.
 NEVER_IN_KEY = frozenset({"stream", "stream_options"})
 #: The scope of every key when ``cache.shared`` is on.
 SHARED_SCOPE = "shared"
+#: Forwarded request headers that pick the account (and so the models, fine-tunes and policies)
+#: the upstream answers as: requests that differ in them never share an answer or a batch.
+VARY_HEADERS = frozenset({"openai-organization", "openai-project"})
+#: JSON Schema keys whose members' order is meaningful (structured outputs and tool arguments
+#: are generated in the order of ``properties``).
+_ORDERED = "properties"
 
 
 def _normalise(value: Any) -> Any:
@@ -43,10 +53,27 @@ def _normalise(value: Any) -> Any:
         # 1, 1.0 and 1e0 mean the same temperature.
         return int(value) if value.is_integer() and abs(value) < 2**53 else value
     if isinstance(value, dict):
-        return {k: _normalise(v) for k, v in value.items()}
+        return {
+            k: _in_order(v) if k == _ORDERED and isinstance(v, dict) else _normalise(v)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_normalise(v) for v in value]
     return value
+
+
+def _in_order(members: dict[str, Any]) -> list[Any]:
+    """A mapping whose order matters, as pairs (sorting the keys would merge two schemas)."""
+    return [[k, _normalise(v)] for k, v in members.items()]
+
+
+def variant(call: Call) -> bytes:
+    """What besides the body selects the answer: the query and the :data:`VARY_HEADERS`
+    (empty for most calls)."""
+    picked = [(low, v) for k, v in call.headers.items() if (low := k.lower()) in VARY_HEADERS]
+    if not call.query and not picked:
+        return b""
+    return orjson.dumps([call.query, sorted(picked)])
 
 
 def canonical_body(data: dict[str, Any], drop: frozenset[str]) -> bytes:
@@ -71,6 +98,7 @@ def request_key(
     h.update(
         f"v{settings.key_version}\x00{scope}\x00{call.upstream.name}\x00{call.path}\x00".encode()
     )
+    h.update(variant(call))  # a JSON array, never confused with the body (an object)
     h.update(canonical_body(call.json, drop))
     if extra:
         h.update(b"\x00")

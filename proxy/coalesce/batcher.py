@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 from multidict import CIMultiDict
 
-from ..cache.keys import canonical_body
+from ..cache.keys import SHARED_SCOPE, canonical_body, variant
 from ..call import Call, Next, Reply
 from ..config import BatchingSettings, CacheSettings, RouteBatching
 from ..errors import ProxyError, UpstreamError
@@ -210,9 +210,12 @@ class Batcher:
     def _group(self, route: Route, member: _Member) -> tuple[Any, ...]:
         call = member.call
         assert call.json is not None
-        scope = "shared" if self.cache.shared else call.tenant
+        # The merged call goes out with the first member's credential: a shared cache may share
+        # answers, but never lets one client's input ride on another client's key.
+        shared = self.cache.shared and call.credential is None
+        scope = SHARED_SCOPE if shared else call.tenant
         params = canonical_body(call.json, frozenset({route.field}))
-        return (call.upstream.name, scope, call.path, call.query, member.parsed.kind, params)
+        return (call.upstream.name, scope, call.path, variant(call), member.parsed.kind, params)
 
     def _add(self, route: Route, member: _Member, next_stage: Next) -> None:
         strategy = route.settings.strategy

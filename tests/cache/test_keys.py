@@ -114,3 +114,42 @@ def test_redis_key_names_hold_no_prompt_or_credential(
     assert name.startswith("llmproxy:cache:v1:t_")
     assert "canonical" not in name and KEY_A not in name and "gpt" not in name
     assert name.endswith(post(proxy.url, CHAT, BASE).headers["x-cache-key"])
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        (CHAT + "?api-version=2024-10-21", {}),
+        (CHAT, {"OpenAI-Organization": "org-other"}),
+        (CHAT, {"OpenAI-Project": "proj_other"}),
+    ],
+    ids=["query", "organization", "project"],
+)
+def test_query_and_account_headers_change_the_key(
+    make_proxy: ProxyFactory, fake: Fake, path: str, headers: dict[str, str]
+) -> None:
+    proxy = make_proxy()
+    first = post(proxy.url, CHAT, BASE, headers={"OpenAI-Project": "proj_one"})
+    other = post(proxy.url, path, BASE, headers={"OpenAI-Project": "proj_one", **headers})
+    assert (first.cache, other.cache) == ("MISS", "MISS")
+    assert fake.state.calls[CHAT] == 2
+    again = post(proxy.url, path, BASE, headers={"openai-project": "proj_one", **headers})
+    assert again.cache == "HIT"  # header names are case-insensitive
+
+
+def _schema(properties: dict[str, Any]) -> dict[str, Any]:
+    schema = {"type": "object", "properties": properties, "required": ["a", "b"]}
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+
+
+def test_schema_property_order_changes_the_key(make_proxy: ProxyFactory, fake: Fake) -> None:
+    """Structured outputs come in the order of ``properties``: reordered, the answer differs."""
+    proxy = make_proxy()
+    a, b = {"type": "string"}, {"type": "integer"}
+    first = post(proxy.url, CHAT, {**BASE, "response_format": _schema({"a": a, "b": b})})
+    other = post(proxy.url, CHAT, {**BASE, "response_format": _schema({"b": b, "a": a})})
+    assert (first.cache, other.cache) == ("MISS", "MISS")
+    # ... while the order of the keys around it still does not matter.
+    reordered = {"type": "object", "required": ["a", "b"], "properties": {"a": a, "b": b}}
+    fmt = {"json_schema": {"schema": reordered, "name": "answer"}, "type": "json_schema"}
+    assert post(proxy.url, CHAT, {**BASE, "response_format": fmt}).cache == "HIT"

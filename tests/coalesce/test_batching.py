@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from bench.fake_upstream import Scripted
@@ -270,3 +271,48 @@ async def test_efficiency_is_estimated(
         await post_all(proxy.base_url, EMB, [emb(f"item {size} {i}") for i in range(size)])
     efficiency = metric(proxy, "llm_proxy_batch_efficiency", route=EMB)
     assert 1.5 < efficiency < 4.5  # four requests alone take about 3x their batch of four
+
+
+async def test_shared_cache_never_sends_an_input_with_another_clients_key(
+    make_proxy: ProxyFactory, fake: Fake
+) -> None:
+    """Passthrough auth: with ``cache.shared`` the answers may be shared, the key may not."""
+    config = batching(max_batch_size=4, max_wait_ms=200)
+    proxy = make_proxy({**config, "cache": {"enabled": False, "shared": True}})
+    url = f"{proxy.base_url}/embeddings"
+    outs = await asyncio.gather(
+        post(url, emb("from a"), KEY_A), post(url, emb("from b"), KEY_B), post(url, emb("a2"))
+    )
+    assert [o[0] for o in outs] == [200] * 3
+    assert calls(fake, EMB) == 2  # A's two calls merged; B's went with its own key
+    for request in fake.state.requests:
+        sent = request.body.decode()
+        key = KEY_B if "from b" in sent else KEY_A
+        assert request.headers["Authorization"] == f"Bearer {key}"
+
+
+async def test_account_headers_and_query_split_batches(
+    make_proxy: ProxyFactory, fake: Fake
+) -> None:
+    proxy = make_proxy(batching(max_batch_size=4, max_wait_ms=200))
+    url = f"{proxy.base_url}/embeddings"
+
+    async def send(text: str, query: str = "", **headers: str) -> int:
+        all_headers = {"Authorization": f"Bearer {KEY_A}", **headers}
+        async with aiohttp.ClientSession(headers=all_headers) as session:
+            async with session.post(url + query, json=emb(text)) as resp:
+                return resp.status
+
+    statuses = await asyncio.gather(
+        send("one", **{"OpenAI-Organization": "org-1"}),
+        send("two", **{"OpenAI-Organization": "org-2"}),
+        send("three", **{"OpenAI-Project": "proj-1"}),
+        send("four", query="?api-version=1"),
+        send("five"),
+        send("six"),
+    )
+    assert statuses == [200] * 6
+    assert calls(fake, EMB) == 5  # only the two plain calls merged
+    sent = {orjson.dumps(orjson.loads(r.body)["input"]): r.headers for r in fake.state.requests}
+    assert sent[b'"one"']["OpenAI-Organization"] == "org-1"
+    assert sent[b'"two"']["OpenAI-Organization"] == "org-2"
