@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -19,6 +20,9 @@ __all__ = ["add_routes", "async_door"]
 
 _FIELDS = frozenset({"endpoint", "body", "run_after", "callback_url", "metadata"})
 _STATUSES = frozenset({"queued", "in_progress", "completed", "failed", "cancelled"})
+#: ``/v1`` and plain path segments: no ``.``/``..`` (the upstream URL would climb out of
+#: ``/v1``), no percent escapes, query or fragment.
+_ENDPOINT = re.compile(r"/v1(?:/(?!\.\.?(?:/|$))[A-Za-z0-9._~:-]+)+")
 
 
 def _json(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -59,9 +63,9 @@ def _endpoint(data: dict[str, Any]) -> str:
     endpoint = data.get("endpoint")
     if (
         not isinstance(endpoint, str)
-        or not endpoint.startswith("/v1/")
-        or endpoint.startswith("/v1/jobs")
-        or "?" in endpoint
+        or not _ENDPOINT.fullmatch(endpoint)
+        or endpoint == "/v1/jobs"
+        or endpoint.startswith("/v1/jobs/")
     ):
         raise InvalidRequest(
             "'endpoint' must be a POST route of this proxy, e.g. '/v1/chat/completions'",
@@ -76,7 +80,10 @@ async def submit(request: web.Request) -> web.StreamResponse:
     limit = service.settings.max_body_bytes
     if length is not None and length > limit:
         raise PayloadTooLarge(f"A job request may be at most {limit} bytes")
-    data = parse_json_object(await request.read())
+    raw = await request.read()  # a chunked body has no Content-Length to check first
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"A job request may be at most {limit} bytes")
+    data = parse_json_object(raw)
     unknown = sorted(set(data) - _FIELDS)
     if unknown:
         raise InvalidRequest(f"Unknown field(s) {unknown}", param=unknown[0])

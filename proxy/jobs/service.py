@@ -14,7 +14,7 @@ from ..auth import Identity
 from ..cache.keys import canonical_body
 from ..call import Call
 from ..config import JobsSettings
-from ..errors import InvalidRequest, NotFound, RateLimited
+from ..errors import InvalidRequest, NotFound, PayloadTooLarge, RateLimited
 from ..metrics import Metrics
 from .models import TERMINAL, Job, new_job_id
 from .store import JobStore
@@ -26,6 +26,8 @@ __all__ = ["JobService", "Submission"]
 log = logging.getLogger(__name__)
 
 _MAX_METADATA = 16
+#: How far ahead ``run_after`` may be: beyond, it is a mistake (milliseconds sent for seconds).
+_MAX_RUN_AFTER_AHEAD_S = 366 * 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +45,13 @@ def check_options(body: Mapping[str, Any], settings: JobsSettings) -> dict[str, 
     """``run_after``, ``callback_url`` and ``metadata`` of a ``POST /v1/jobs`` body."""
     run_after = body.get("run_after")
     if run_after is not None and (
-        isinstance(run_after, bool) or not isinstance(run_after, int | float) or run_after < 0
+        isinstance(run_after, bool)
+        or not isinstance(run_after, int | float)
+        or not 0 <= run_after <= time.time() + _MAX_RUN_AFTER_AHEAD_S
     ):
-        raise InvalidRequest("'run_after' must be a unix time in seconds", param="run_after")
+        raise InvalidRequest(
+            "'run_after' must be a unix time in seconds, at most a year ahead", param="run_after"
+        )
     callback = body.get("callback_url")
     if callback is not None:
         if not isinstance(callback, str) or not callback_allowed(callback, settings.callback_allow):
@@ -134,9 +140,8 @@ class JobService:
                 code="stream_not_supported",
             )
         if len(call.body) > self.settings.max_body_bytes:
-            raise InvalidRequest(
-                f"A job's request body may be at most {self.settings.max_body_bytes} bytes",
-                code="request_too_large",
+            raise PayloadTooLarge(
+                f"A job's request body may be at most {self.settings.max_body_bytes} bytes"
             )
         now = time.time()
         job = Job(
