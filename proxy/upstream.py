@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiohttp
@@ -131,7 +131,7 @@ class Upstream:
         headers = reply_headers(resp.headers)
         if _is_streamed(resp.headers.get("Content-Type", "")):
             return Reply(
-                resp.status, headers, stream=_chunks(resp, self.name), closer=_closer(resp)
+                resp.status, headers, stream=_Chunks(resp, self.name), closer=_closer(resp)
             )
         try:
             body = await resp.read()
@@ -159,14 +159,32 @@ def _closer(resp: aiohttp.ClientResponse) -> Any:
     return close
 
 
-async def _chunks(resp: aiohttp.ClientResponse, name: str) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in resp.content.iter_any():
-            yield chunk
-    except TimeoutError as exc:
-        raise UpstreamTimeout(f"upstream {name!r} stalled mid-stream") from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        raise UpstreamError(f"upstream {name!r} broke off its stream") from exc
+class _Chunks:
+    """A streamed upstream body, chunk by chunk as it arrives.
+
+    A class, not a generator, so that a cancelled read loses nothing: another reader can go on
+    from the same point (the single-flight fan-out relies on it).
+    """
+
+    __slots__ = ("_content", "_name")
+
+    def __init__(self, resp: aiohttp.ClientResponse, name: str) -> None:
+        self._content = resp.content
+        self._name = name
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._content.readany()
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"upstream {self._name!r} stalled mid-stream") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(f"upstream {self._name!r} broke off its stream") from exc
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
 
 class Router:

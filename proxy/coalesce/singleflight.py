@@ -183,29 +183,21 @@ class SingleFlight:
                 record = Record(reply.status, list(reply.headers.items()), reply.body)
                 published = await self._publish(claim, record, flight)
                 return
-            chunks = flight.log = ChunkLog()
+            chunks = flight.log = ChunkLog(reply.stream)
             flight.ready.set_result(reply)
-            if await self._pump(reply, chunks):
+            # The readers drive the upstream read themselves (no pump: no added delay for the
+            # leader); this task only waits for the end, to publish the recording.
+            try:
+                ended_well = await chunks.finished()
+            finally:
+                await reply.aclose()
+            if ended_well:
                 self._forget(flight)
                 record = Record(reply.status, list(reply.headers.items()), chunks=chunks.chunks)
                 published = await self._publish(claim, record, flight)
         finally:
             if claim is not None and not published and self.remote is not None:
                 await self.remote.release(claim)
-
-    async def _pump(self, reply: Reply, chunks: ChunkLog) -> bool:
-        """Read the upstream stream into ``chunks``; True when it ended well."""
-        assert reply.stream is not None
-        try:
-            async for chunk in reply.stream:
-                chunks.append(chunk)
-        except ProxyError as exc:
-            chunks.finish(exc)
-            return False
-        finally:
-            await reply.aclose()
-        chunks.finish()
-        return True
 
     async def _publish(self, claim: Claim | None, record: Record, flight: _Flight) -> bool:
         if claim is None or self.remote is None:
