@@ -16,6 +16,7 @@ __all__ = [
     "CONVERTIBLE",
     "DONE",
     "assemble",
+    "carries_error",
     "ends_with_usage",
     "is_complete",
     "parse_events",
@@ -46,6 +47,22 @@ def is_complete(raw: bytes) -> bool:
     """Whether a recorded stream ended the OpenAI way, with ``data: [DONE]``."""
     events = parse_events(raw[-64:] if len(raw) > 64 else raw)
     return bool(events) and events[-1].strip() == b"[DONE]"
+
+
+def carries_error(raw: bytes, *, sse: bool) -> bool:
+    """Whether a 2xx answer is an error after all: a top-level ``error`` object in the body, or
+    in an event of the stream (some servers send one mid-stream and still end with ``[DONE]``).
+    """
+    if b'"error"' not in raw:  # the usual case: no need to parse anything
+        return False
+    try:
+        if sse:
+            objects = [orjson.loads(d) for d in parse_events(raw) if d.strip() != b"[DONE]"]
+        else:
+            objects = [orjson.loads(raw)]
+    except orjson.JSONDecodeError:
+        return True  # an answer that does not read is not one to repeat
+    return any(isinstance(o, dict) and o.get("error") is not None for o in objects)
 
 
 def ends_with_usage(raw: bytes) -> bool:
@@ -123,7 +140,8 @@ def _chat_choice(index: int, parts: list[dict[str, Any]]) -> dict[str, Any]:
     content: list[str] | None = None
     refusal: list[str] | None = None
     tools: dict[int, dict[str, Any]] = {}
-    logprobs: dict[str, list[Any]] | None = None
+    function: dict[str, str] | None = None  # the legacy ``functions`` API
+    logprobs: dict[str, Any] | None = None
     for part in parts:
         delta = part.get("delta") or {}
         role = delta.get("role") or role
@@ -133,10 +151,10 @@ def _chat_choice(index: int, parts: list[dict[str, Any]]) -> dict[str, Any]:
             refusal = (refusal or []) + [delta["refusal"]]
         for call in delta.get("tool_calls") or ():
             _merge_tool_call(tools, call)
-        if part.get("logprobs"):
-            logprobs = logprobs or {}
-            for name, values in part["logprobs"].items():
-                logprobs.setdefault(name, []).extend(values or ())
+        if delta.get("function_call"):
+            function = function or {"name": "", "arguments": ""}
+            _append_function(function, delta["function_call"])
+        logprobs = _merge_logprobs(logprobs, part.get("logprobs"))
         finish = part.get("finish_reason") or finish
     message: dict[str, Any] = {
         "role": role,
@@ -145,7 +163,29 @@ def _chat_choice(index: int, parts: list[dict[str, Any]]) -> dict[str, Any]:
     }
     if tools:
         message["tool_calls"] = [tools[i] for i in sorted(tools)]
+    if function is not None:
+        message["function_call"] = function
     return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish}
+
+
+def _merge_logprobs(into: dict[str, Any] | None, part: Any) -> dict[str, Any] | None:
+    """Logprobs of one more chunk appended; a list that is ``null`` in every chunk (chat's
+    ``refusal``, say) stays ``null``, as in the answer the stream was cut from."""
+    if not isinstance(part, dict) or not part:
+        return into
+    into = {} if into is None else into
+    for name, values in part.items():
+        if isinstance(values, list):
+            into[name] = (into.get(name) or []) + values
+        else:
+            into.setdefault(name, values)
+    return into
+
+
+def _append_function(function: dict[str, str], part: dict[str, Any]) -> None:
+    for name in ("name", "arguments"):
+        if part.get(name):
+            function[name] += part[name]
 
 
 def _merge_tool_call(tools: dict[int, dict[str, Any]], part: dict[str, Any]) -> None:
@@ -169,12 +209,9 @@ def _completion_choices(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for index, parts in _choice_deltas(events).items():
         text = "".join(p.get("text") or "" for p in parts)
         finish = next((p["finish_reason"] for p in reversed(parts) if p.get("finish_reason")), None)
-        logprobs: dict[str, list[Any]] | None = None
+        logprobs: dict[str, Any] | None = None
         for part in parts:
-            if part.get("logprobs"):
-                logprobs = logprobs or {}
-                for name, values in part["logprobs"].items():
-                    logprobs.setdefault(name, []).extend(values or ())
+            logprobs = _merge_logprobs(logprobs, part.get("logprobs"))
         choices.append(
             {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}
         )

@@ -22,7 +22,15 @@ from ..errors import NotCached, ProxyError
 from ..metrics import Metrics
 from .backend import CacheBackend
 from .entry import Entry, keep_headers
-from .forms import CONVERTIBLE, assemble, ends_with_usage, is_complete, strip_usage, synthesize
+from .forms import (
+    CONVERTIBLE,
+    assemble,
+    carries_error,
+    ends_with_usage,
+    is_complete,
+    strip_usage,
+    synthesize,
+)
 from .keys import digest_of, drop_fields, is_deterministic, request_key
 
 __all__ = ["HIT", "MISS", "BYPASS", "ResponseCache"]
@@ -147,7 +155,7 @@ class ResponseCache:
             return
         if reply.stream is None:
             body = reply.body or b""
-            if len(body) <= self.settings.max_entry_bytes:
+            if len(body) <= self.settings.max_entry_bytes and not carries_error(body, sse=False):
                 entry = self._entry(reply, form="json", payload=body)
                 await self.backend.set(key, entry.encode(), ttl_s=ttl_s)
         elif reply.headers.get("Content-Type", "").startswith("text/event-stream"):
@@ -185,7 +193,7 @@ class ResponseCache:
             yield chunk
         if chunks:
             payload = b"".join(chunks)
-            if is_complete(payload):
+            if is_complete(payload) and not carries_error(payload, sse=True):
                 sizes = tuple(len(c) for c in chunks)
                 entry = self._entry(reply, form="sse", payload=payload, sizes=sizes)
                 await self.backend.set(key, entry.encode(), ttl_s=ttl_s)

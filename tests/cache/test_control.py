@@ -193,3 +193,28 @@ def test_metrics_count_hits_misses_bypasses(make_proxy: ProxyFactory) -> None:
     assert "llm_proxy_cache_stores_total 1.0" in text
     assert "llm_proxy_cache_entries 1.0" in text
     assert json.dumps(HELLO["messages"][0]["content"]) not in text
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_an_error_inside_a_2xx_answer_is_not_stored(
+    make_proxy: ProxyFactory, fake: Fake, bg: BackgroundLoop, stream: bool
+) -> None:
+    """Some servers answer 200 with an error object, or send one mid-stream before ``[DONE]``."""
+    proxy = make_proxy()
+    error = {"error": {"message": "overloaded", "type": "server_error", "code": None}}
+    if stream:
+        chunk = {"id": "c", "object": "chat.completion.chunk", "choices": []}
+        body = (
+            b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in (chunk, error))
+            + b"data: [DONE]\n\n"
+        )
+        scripted = Scripted(200, body, headers={"Content-Type": "text/event-stream"}, path=CHAT)
+    else:
+        scripted = Scripted(200, error, path=CHAT)
+    bg.call(lambda: fake.state.script.append(scripted))
+    request = {**HELLO, "stream": stream}
+    assert post(proxy.url, CHAT, request).cache == "MISS"
+    again = post(proxy.url, CHAT, request)
+    assert again.cache == "MISS" and b"overloaded" not in again.body
+    assert post(proxy.url, CHAT, request).cache == "HIT"  # a proper answer is stored
+    assert fake.state.calls[CHAT] == 2

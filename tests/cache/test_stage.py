@@ -180,3 +180,41 @@ async def test_a_failed_call_below_counts_as_a_miss_and_stores_nothing() -> None
     assert metrics.hit_rate() == 0.0
     assert metrics.cache_misses.labels(route="/v1/chat/completions")._value.get() == 1
     assert len(cache.backend) == 0  # type: ignore[arg-type]
+
+
+def _sse(*events: dict[str, Any]) -> bytes:
+    return b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+
+
+def test_a_stream_assembles_function_calls_and_null_logprob_lists() -> None:
+    """The legacy ``function_call`` delta and chat's ``refusal: null`` logprobs survive."""
+    head = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+
+    def chunk(delta: dict[str, Any], logprobs: Any = None, finish: Any = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return {**head, "choices": [choice]}
+
+    token = {"token": "x", "logprob": -0.1, "bytes": [120], "top_logprobs": []}
+    raw = _sse(
+        chunk(
+            {"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": ""}}
+        ),
+        chunk({"function_call": {"arguments": '{"a":'}}, {"content": [token], "refusal": None}),
+        chunk({"function_call": {"arguments": " 1}"}}, {"content": [token], "refusal": None}),
+        chunk({}, None, "function_call"),
+        {
+            **head,
+            "choices": [],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+        },
+    )
+    body = assemble("/v1/chat/completions", raw)
+    assert body is not None
+    choice = orjson.loads(body)["choices"][0]
+    assert choice["message"]["function_call"] == {"name": "f", "arguments": '{"a": 1}'}
+    assert choice["logprobs"] == {"content": [token, token], "refusal": None}
+    assert choice["finish_reason"] == "function_call"
+    # ... and back: the same answer again.
+    events = synthesize("/v1/chat/completions", body, include_usage=True)
+    assert events is not None
+    assert assemble("/v1/chat/completions", b"".join(events)) == body
