@@ -50,13 +50,15 @@ class InputCache:
         return request_key(call, settings=self.settings, drop=self._drop, extra=extra)
 
     def ttl_s(self, call: Call) -> float:
-        if call.cache.ttl_s:
+        """``X-Cache-TTL`` (``0``: store nothing), else the route's TTL."""
+        if call.cache.ttl_s is not None:
             return call.cache.ttl_s
         return self.settings.route_ttl_s.get(call.path, self.settings.default_ttl_s)
 
     async def answer(self, call: Call, parsed: Parsed, send: Send) -> Reply:
         """Answer ``call`` from cached inputs, sending only the missing ones on with ``send``."""
-        read, write = call.cache.may_share, not call.cache.no_store
+        ttl_s = self.ttl_s(call)
+        read, write = call.cache.may_share, not call.cache.no_store and ttl_s > 0
         if call.path not in self.settings.routes or not (read or write):
             return await send(call, parsed)
         keys = [self.key(call, item) for item in parsed.items]
@@ -85,7 +87,6 @@ class InputCache:
         for i, entry in zip(missing, fresh, strict=True):
             entries[i] = entry
         if write:
-            ttl_s = self.ttl_s(call)
             await asyncio.gather(
                 *(
                     self._store(keys[i], entry, ttl_s)

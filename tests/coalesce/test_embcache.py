@@ -95,3 +95,11 @@ async def test_no_store_and_no_cache_are_respected(make_proxy: ProxyFactory, fak
     assert fake.state.inputs[EMB] == 6  # no-cache reads nothing...
     _, _, headers = await post(proxy.base_url, emb("s"))
     assert headers["X-Cache"] == "HIT"  # ...but stores what it got
+
+
+async def test_x_cache_ttl_zero_stores_no_input(make_proxy: ProxyFactory, fake: Fake) -> None:
+    proxy = make_proxy(config())
+    await post(proxy.base_url, emb(["u", "v"]), **{"X-Cache-TTL": "0"})
+    _, _, headers = await post(proxy.base_url, emb("u"))
+    assert headers["X-Cache"] == "MISS"
+    assert fake.state.inputs[EMB] == 3
