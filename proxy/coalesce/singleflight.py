@@ -45,6 +45,10 @@ def flight_key(call: Call, cache: CacheSettings) -> str | None:
     if cache.only_deterministic and call.path in SAMPLING_ROUTES:
         if not is_deterministic(call.json):
             return None  # the cache would not store it: each caller gets its own sample
+    if cache.shared and call.credential is not None:
+        # Answers are shared, calls are not: a follower must never get an error (401, 429)
+        # that belongs to another client's key.
+        key = f"{key}.{call.tenant}"
     if not call.stream:
         return key
     options = orjson.dumps(call.json.get("stream_options"), option=orjson.OPT_SORT_KEYS)

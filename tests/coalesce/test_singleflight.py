@@ -224,3 +224,24 @@ async def test_stream_and_plain_calls_are_separate_flights(
     assert plain.choices[0].message.content == "echo: one two three four five"
     assert chunks and chunks[0].object == "chat.completion.chunk"
     assert calls(fake, CHAT) == 2
+
+
+async def test_shared_cache_still_calls_with_each_clients_own_key(
+    make_proxy: ProxyFactory, fake: Fake, bg: BackgroundLoop
+) -> None:
+    """Passthrough auth, ``cache.shared``: B must not get the 401 or 429 of A's key."""
+    proxy = make_proxy({"cache": {"shared": True}})
+    error = {"error": {"message": "Incorrect API key provided: sk-ten***", "code": "invalid"}}
+    script(bg, fake, Scripted(401, error, path=CHAT, delay_ms=300))
+    a, b = proxy.async_client(KEY_A), proxy.async_client(KEY_B)
+    async with a, b:
+        first = asyncio.create_task(a.chat.completions.with_raw_response.create(**KW))
+        await wait_until(lambda: fake.state.in_flight == 1)
+        outs = await asyncio.gather(
+            b.chat.completions.with_raw_response.create(**KW), first, return_exceptions=True
+        )
+    assert isinstance(outs[1], openai.AuthenticationError)
+    assert not isinstance(outs[0], BaseException) and outs[0].status_code == 200
+    assert calls(fake, CHAT) == 2
+    sent = [r.headers["Authorization"] for r in fake.state.requests]
+    assert sent == [f"Bearer {KEY_A}", f"Bearer {KEY_B}"]
