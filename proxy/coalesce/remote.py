@@ -100,6 +100,17 @@ class Record:
         return cls(head["s"], headers, body=parts[0] if parts else b"", served=head["n"])
 
 
+class _Garbage(ValueError):
+    """A published result that does not decode (a waiter then goes alone: fail open)."""
+
+
+def _decoded(raw: bytes) -> Record:
+    try:
+        return Record.decode(raw)
+    except (ValueError, KeyError, TypeError, IndexError) as exc:  # JSONDecodeError is a ValueError
+        raise _Garbage("the published flight result does not decode") from exc
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     keys: FlightKeys
@@ -183,7 +194,7 @@ class RemoteFlights:
                     async with asyncio.timeout(op_timeout), self.redis.pipeline() as pipe:
                         claimed, raw = await pipe.exists(keys.claim).get(keys.result).execute()
                     if raw is not None:
-                        return Record.decode(raw)
+                        return _decoded(raw)
                     remaining = deadline - time.monotonic()
                     if not claimed or remaining <= 0:
                         return None
@@ -192,6 +203,9 @@ class RemoteFlights:
                     )
         except _FAILURES as exc:
             self._failed("flight_wait", exc)
+            return None
+        except _Garbage:
+            self.metrics.redis_errors.labels("flight_decode").inc()  # not an outage: no breaker
             return None
 
     @contextlib.asynccontextmanager

@@ -122,3 +122,18 @@ async def test_redis_down_fails_open(
     assert status == 200
     assert calls(fake, CHAT) == 1
     assert metric(proxy, "llm_proxy_redis_errors_total", op="flight_claim") == 1
+
+
+async def test_a_result_that_does_not_decode_fails_open(
+    make_proxy: ProxyFactory, fake: Fake, redis_server: RedisServer, redis_url: str
+) -> None:
+    proxy = replica(make_proxy, redis_url, cross_replica_wait_s=5)
+    claim = claim_name(proxy, BODY)
+    client = redis_server.client()
+    client.set(claim, "another-replica", px=60_000)
+    client.set(claim.removesuffix(":claim") + ":result", b"\x00garbage", px=60_000)
+    client.close()
+    status, _, _ = await send(proxy, BODY)
+    assert status == 200  # went alone at once instead of failing every waiter
+    assert calls(fake, CHAT) == 1
+    assert metric(proxy, "llm_proxy_redis_errors_total", op="flight_decode") == 1
