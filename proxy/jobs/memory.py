@@ -116,15 +116,14 @@ class MemoryJobStore:
         job = self._held(job_id, token)
         if job is None:
             return False
-        job = replace(job, status="queued", token="", score=run_at)
-        self._requeue(job)
+        self._back(replace(job, status="queued", token="", score=run_at))
         return True
 
     async def release(self, job_id: str, token: str) -> bool:
         job = self._held(job_id, token)
         if job is None:
             return False
-        self._requeue(replace(job, status="queued", token="", attempts=job.attempts - 1))
+        self._back(replace(job, status="queued", token="", attempts=job.attempts - 1))
         return True
 
     async def cancel(self, job_id: str, *, now: float) -> Job | None:
@@ -171,6 +170,16 @@ class MemoryJobStore:
         if job is None or job.status != "in_progress" or job.token != token:
             return None
         return job
+
+    def _back(self, job: Job) -> None:
+        """Back to the queue, unless a cancel was asked for while it ran: then cancelled."""
+        if not job.cancel_requested:
+            self._requeue(job)
+            return
+        now = time.time()
+        self._jobs[job.id] = job.finish("cancelled", CANCELLED, now)
+        self._leases.pop(job.id, None)
+        self._done(self._jobs[job.id], now)
 
     def _requeue(self, job: Job) -> None:
         self._jobs[job.id] = job

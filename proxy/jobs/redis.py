@@ -46,8 +46,9 @@ end
 _SUBMIT = """
 if ARGV[6] ~= '0' then
   local known = redis.call('GET', KEYS[5])
-  if known and redis.call('EXISTS', ARGV[7] .. known) == 1 then
-    return {0, known}
+  if known then
+    local earlier = redis.call('HGETALL', ARGV[7] .. known)
+    if #earlier > 0 then return {0, known, earlier} end
   end
 end
 if tonumber(redis.call('HGET', KEYS[4], ARGV[2]) or '0') >= tonumber(ARGV[5]) then
@@ -222,13 +223,14 @@ class RedisJobStore:
         keys = [k.job(job.id), k.queue, k.tenant(job.tenant), k.active, idem_key]
         argv: list[Any] = [job.id, job.tenant, repr(job.score), repr(job.created_at), max_active]
         argv.append(idem_ttl)
-        code, job_id = await self._op(self._submit(keys, [*argv, k.job_prefix, *fields]))
+        code, job_id, *earlier = await self._op(self._submit(keys, [*argv, k.job_prefix, *fields]))
         if code == -1:
             return None
         if code == 1:
             return job, True
-        earlier = await self.get(job_id.decode())
-        return (earlier, False) if earlier is not None else (job, True)
+        # The earlier job comes back from the same script: it may expire any moment after.
+        raw = earlier[0]
+        return Job.from_fields(job_id.decode(), dict(zip(raw[::2], raw[1::2], strict=True))), False
 
     async def get(self, job_id: str) -> Job | None:
         raw: dict[bytes, bytes] = await self._op(

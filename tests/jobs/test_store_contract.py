@@ -207,3 +207,38 @@ async def test_finished_jobs_expire_after_result_ttl(make_store: StoreFactory) -
         assert time.monotonic() < deadline, "finished job never expired"
         await asyncio.sleep(0.05)
     assert await store.page("ta", limit=10, after=None, status=None) == ([], False)
+
+
+async def test_cancel_asked_while_running_wins_over_retry_and_release(store: JobStore) -> None:
+    now = time.time()
+    for back in ("retry", "release"):
+        j = await put(store, job())
+        (c,), _ = await store.claim(now=now, limit=1, lease_s=30, owner="w")
+        await store.cancel(j.id, now=now)
+        if back == "retry":
+            await store.retry(j.id, c.token, run_at=now)
+        else:
+            await store.release(j.id, c.token)
+        got = await store.get(j.id)
+        assert got is not None and got.status == "cancelled" and got.writes == 1, back
+        assert (await store.claim(now=now + 60, limit=5, lease_s=30, owner="w"))[0] == [], back
+
+
+async def test_equal_due_times_are_taken_in_arrival_order(store: JobStore) -> None:
+    due = time.time() - 1  # e.g. many jobs with the same run_after
+    ids = [(await put(store, job(score=due))).id for _ in range(8)]
+    claimed, _ = await store.claim(now=time.time(), limit=8, lease_s=30, owner="w")
+    assert [c.id for c in claimed] == ids
+
+
+async def test_idempotent_replay_never_reports_an_unstored_job(store: JobStore) -> None:
+    first = await put(store, job(), key="k")
+
+    async def vanished(job_id: str) -> Job | None:
+        return None  # as if the first job expired between two steps of submit
+
+    store.get = vanished  # type: ignore[method-assign]
+    out = await store.submit(job(), idempotency_key="k", idempotency_ttl_s=60, max_active=9)
+    assert out is not None
+    replayed, created = out
+    assert created is False and replayed.id == first.id
