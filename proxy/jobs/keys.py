@@ -19,7 +19,10 @@ class JobKeys:
         self.queue = f"{self.tag}:queue"
         #: ZSET job id -> lease deadline of the attempt that runs it.
         self.leases = f"{self.tag}:leases"
-        #: HASH tenant -> number of queued or running jobs.
+        #: ZSET "<id>\t<tenant>\t<idempotency key>" -> expiry of a finished job, seconds:
+        #: swept on every claim, so the tenant index and idempotency key go with the job.
+        self.expiry = f"{self.tag}:expiry"
+        #: HASH tenant -> number of queued or running jobs (no field at zero).
         self.active = f"{self.tag}:active"
         #: Job hashes are ``job_prefix + id`` (scripts build them from this prefix).
         self.job_prefix = f"{self.tag}:job:"

@@ -28,6 +28,7 @@ class MemoryJobStore:
         self._by_tenant: dict[str, dict[str, float]] = {}
         self._active: dict[str, int] = {}
         self._idem: dict[tuple[str, str], tuple[str, float]] = {}
+        self._idem_of: dict[str, tuple[str, str]] = {}  # job id -> its idempotency entry
 
     async def submit(
         self, job: Job, *, idempotency_key: str | None, idempotency_ttl_s: float, max_active: int
@@ -47,6 +48,7 @@ class MemoryJobStore:
         self._active[job.tenant] = self._active.get(job.tenant, 0) + 1
         if idempotency_key is not None:
             self._idem[(job.tenant, idempotency_key)] = (job.id, now + idempotency_ttl_s)
+            self._idem_of[job.id] = (job.tenant, idempotency_key)
         return job, True
 
     async def get(self, job_id: str) -> Job | None:
@@ -188,7 +190,9 @@ class MemoryJobStore:
 
     def _done(self, job: Job, now: float) -> None:
         self._expires[job.id] = now + self._ttl_s
-        self._active[job.tenant] = self._active.get(job.tenant, 1) - 1
+        active = self._active.pop(job.tenant, 1) - 1
+        if active > 0:
+            self._active[job.tenant] = active
 
     def _reap(self, now: float) -> None:
         for job_id, until in list(self._leases.items()):
@@ -223,3 +227,8 @@ class MemoryJobStore:
         index = self._by_tenant.get(job.tenant)
         if index is not None:
             index.pop(job.id, None)
+            if not index:
+                del self._by_tenant[job.tenant]
+        entry = self._idem_of.pop(job.id, None)
+        if entry is not None and self._idem.get(entry, ("",))[0] == job.id:
+            del self._idem[entry]

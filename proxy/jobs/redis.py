@@ -1,7 +1,8 @@
 """The shared job store: Redis, one Lua script per state change, so every change is atomic.
 
 Layout (see :mod:`proxy.jobs.keys`): a ZSET queue scored by due time, a ZSET of leases scored
-by deadline, a hash per job, a per-tenant ZSET for listing and a hash of active counts.
+by deadline, a hash per job, a per-tenant ZSET for listing, a hash of active counts, and a ZSET
+of finished jobs scored by expiry, swept on every claim.
 """
 
 from __future__ import annotations
@@ -28,15 +29,32 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Finish a job as cancelled: KEYS[1] job, KEYS[3] active; needs `now`, `ttl_ms`, `cancelled`.
-_CANCEL_NOW = """
-local function cancel_now(key, active, tenant, now, ttl_ms, cancelled)
-  redis.call('HSET', key, 'status', 'cancelled', 'token', '', 'result', cancelled,
-             'completed_at', now)
+# What every finished job needs: no credential or body kept, one active job less for its
+# tenant (the field goes at zero), the hash expiring after the result TTL, and an entry in the
+# expiry ZSET naming everything that points at the job (the tenant index, the idempotency key),
+# so that the sweep in _CLAIM removes those too. The member is "<id>\t<tenant>\t<idem key>".
+_DONE = """
+local function member(id, key)
+  local f = redis.call('HMGET', key, 'tenant', 'idem')
+  return id .. '\t' .. f[1] .. '\t' .. (f[2] or '')
+end
+local function done(key, id, tenant, active, expiry, now, ttl_ms)
   redis.call('HINCRBY', key, 'writes', 1)
   redis.call('HDEL', key, 'credential', 'body')
-  redis.call('HINCRBY', active, tenant, -1)
+  if redis.call('HINCRBY', active, tenant, -1) <= 0 then redis.call('HDEL', active, tenant) end
   redis.call('PEXPIRE', key, ttl_ms)
+  redis.call('ZADD', expiry, tonumber(now) + tonumber(ttl_ms) / 1000, member(id, key))
+end
+local function cancel_now(key, id, tenant, active, expiry, now, ttl_ms, cancelled)
+  redis.call('HSET', key, 'status', 'cancelled', 'token', '', 'result', cancelled,
+             'completed_at', now)
+  done(key, id, tenant, active, expiry, now, ttl_ms)
+end
+local function forget(m, tenant_prefix, job_prefix)
+  local id, tenant, idem = string.match(m, '^([^\t]*)\t([^\t]*)\t(.*)$')
+  redis.call('DEL', job_prefix .. id)
+  redis.call('ZREM', tenant_prefix .. tenant, id)
+  if idem ~= '' and redis.call('GET', idem) == id then redis.call('DEL', idem) end
 end
 """
 
@@ -60,16 +78,23 @@ redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
 if ARGV[6] ~= '0' then
   redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[6])
+  redis.call('HSET', KEYS[1], 'idem', KEYS[5])
 end
 return {1, ARGV[1]}
 """
 
-# KEYS: queue, leases, active.
-# ARGV: now, limit, lease deadline, job prefix, token prefix, ttl ms, cancelled result.
+# Sweep finished jobs past their TTL, requeue expired leases, then take due jobs.
+# KEYS: queue, leases, active, expiry.
+# ARGV: now, limit, lease deadline, job prefix, token prefix, ttl ms, cancelled result,
+# tenant index prefix.
 _CLAIM = (
-    _CANCEL_NOW
+    _DONE
     + """
 local now = ARGV[1]
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1000)) do
+  forget(m, ARGV[8], ARGV[4])
+  redis.call('ZREM', KEYS[4], m)
+end
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
 for _, id in ipairs(expired) do
   redis.call('ZREM', KEYS[2], id)
@@ -77,7 +102,7 @@ for _, id in ipairs(expired) do
   local f = redis.call('HMGET', key, 'status', 'cancel', 'score', 'tenant')
   if f[1] == 'in_progress' then
     if f[2] == '1' then
-      cancel_now(key, KEYS[3], f[4], now, ARGV[6], ARGV[7])
+      cancel_now(key, id, f[4], KEYS[3], KEYS[4], now, ARGV[6], ARGV[7])
     else
       redis.call('HSET', key, 'status', 'queued', 'token', '')
       redis.call('ZADD', KEYS[1], f[3], id)
@@ -111,32 +136,32 @@ if f[3] == '1' then return 2 end
 return 1
 """
 
-# KEYS: job, leases, active. ARGV: token, status, result, now, ttl ms, id.
-_FINISH = """
+# KEYS: job, leases, active, expiry. ARGV: token, status, result, now, ttl ms, id.
+_FINISH = (
+    _DONE
+    + """
 local f = redis.call('HMGET', KEYS[1], 'token', 'status', 'tenant')
 if f[1] ~= ARGV[1] or f[2] ~= 'in_progress' then return false end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'token', '', 'result', ARGV[3],
            'completed_at', ARGV[4])
-redis.call('HINCRBY', KEYS[1], 'writes', 1)
-redis.call('HDEL', KEYS[1], 'credential', 'body')
 redis.call('ZREM', KEYS[2], ARGV[6])
-redis.call('HINCRBY', KEYS[3], f[3], -1)
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
+done(KEYS[1], ARGV[6], f[3], KEYS[3], KEYS[4], ARGV[4], ARGV[5])
 return redis.call('HGETALL', KEYS[1])
 """
+)
 
 # Back to the queue (a retry at `score`, or a release in the old place with the attempt not
 # counted); a job whose cancel was asked for is cancelled instead.
-# KEYS: job, leases, queue, active. ARGV: token, score ('' keeps it), id, attempts delta,
-# now, ttl ms, cancelled result.
+# KEYS: job, leases, queue, active, expiry. ARGV: token, score ('' keeps it), id,
+# attempts delta, now, ttl ms, cancelled result.
 _REQUEUE = (
-    _CANCEL_NOW
+    _DONE
     + """
 local f = redis.call('HMGET', KEYS[1], 'token', 'status', 'cancel', 'tenant', 'score')
 if f[1] ~= ARGV[1] or f[2] ~= 'in_progress' then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[3])
 if f[3] == '1' then
-  cancel_now(KEYS[1], KEYS[4], f[4], ARGV[5], ARGV[6], ARGV[7])
+  cancel_now(KEYS[1], ARGV[3], f[4], KEYS[4], KEYS[5], ARGV[5], ARGV[6], ARGV[7])
   return 2
 end
 local score = ARGV[2]
@@ -148,15 +173,15 @@ return 1
 """
 )
 
-# KEYS: job, queue, active. ARGV: id, now, ttl ms, cancelled result.
+# KEYS: job, queue, active, expiry. ARGV: id, now, ttl ms, cancelled result.
 _CANCEL = (
-    _CANCEL_NOW
+    _DONE
     + """
 local f = redis.call('HMGET', KEYS[1], 'status', 'tenant')
 if not f[1] then return 0 end
 if f[1] == 'queued' then
   redis.call('ZREM', KEYS[2], ARGV[1])
-  cancel_now(KEYS[1], KEYS[3], f[2], ARGV[2], ARGV[3], ARGV[4])
+  cancel_now(KEYS[1], ARGV[1], f[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[4])
 elseif f[1] == 'in_progress' then
   redis.call('HSET', KEYS[1], 'cancel', '1')
 end
@@ -164,15 +189,19 @@ return 1
 """
 )
 
-# KEYS: job. ARGV: id, tenant index prefix.
-_DELETE = """
+# KEYS: job, expiry. ARGV: id, tenant index prefix, job prefix.
+_DELETE = (
+    _DONE
+    + """
 local f = redis.call('HMGET', KEYS[1], 'status', 'tenant')
 if not f[1] then return 0 end
 if f[1] == 'queued' or f[1] == 'in_progress' then return -1 end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', ARGV[2] .. f[2], ARGV[1])
+local m = member(ARGV[1], KEYS[1])
+forget(m, ARGV[2], ARGV[3])
+redis.call('ZREM', KEYS[2], m)
 return 1
 """
+)
 
 #: Fields a list needs (not the body or the credential).
 _LIST_FIELDS = (
@@ -289,9 +318,8 @@ class RedisJobStore:
         k = self.keys
         token = f"{owner}:{secrets.token_hex(6)}:"
         argv: list[Any] = [repr(now), limit, repr(now + lease_s), k.job_prefix, token, self._ttl_ms]
-        flat, head = await self._op(
-            self._claim([k.queue, k.leases, k.active], [*argv, self._cancelled])
-        )
+        argv += [self._cancelled, k.tenant_prefix]
+        flat, head = await self._op(self._claim([k.queue, k.leases, k.active, k.expiry], argv))
         jobs = []
         for i in range(0, len(flat), 2):
             raw = flat[i + 1]
@@ -309,7 +337,8 @@ class RedisJobStore:
     ) -> Job | None:
         k = self.keys
         argv: list[Any] = [token, status, orjson.dumps(result), repr(now), self._ttl_ms, job_id]
-        raw = await self._op(self._finish([k.job(job_id), k.leases, k.active], argv))
+        keys = [k.job(job_id), k.leases, k.active, k.expiry]
+        raw = await self._op(self._finish(keys, argv))
         if not raw:
             return None
         return Job.from_fields(job_id, dict(zip(raw[::2], raw[1::2], strict=True)))
@@ -322,21 +351,22 @@ class RedisJobStore:
 
     async def _back(self, job_id: str, token: str, *, score: str, attempts: int) -> bool:
         k = self.keys
-        keys = [k.job(job_id), k.leases, k.queue, k.active]
+        keys = [k.job(job_id), k.leases, k.queue, k.active, k.expiry]
         argv: list[Any] = [token, score, job_id, attempts, repr(time.time()), self._ttl_ms]
         argv.append(self._cancelled)
         return bool(await self._op(self._requeue(keys, argv)))
 
     async def cancel(self, job_id: str, *, now: float) -> Job | None:
         k = self.keys
-        keys = [k.job(job_id), k.queue, k.active]
+        keys = [k.job(job_id), k.queue, k.active, k.expiry]
         argv: list[Any] = [job_id, repr(now), self._ttl_ms, self._cancelled]
         found = await self._op(self._cancel(keys, argv))
         return await self.get(job_id) if found else None
 
     async def delete(self, job_id: str) -> Deleted:
-        argv = [job_id, self.keys.tenant_prefix]
-        code = await self._op(self._delete([self.keys.job(job_id)], argv))
+        k = self.keys
+        argv = [job_id, k.tenant_prefix, k.job_prefix]
+        code = await self._op(self._delete([k.job(job_id), k.expiry], argv))
         return "deleted" if code == 1 else "active" if code == -1 else "missing"
 
     async def close(self) -> None:

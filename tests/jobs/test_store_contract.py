@@ -242,3 +242,26 @@ async def test_idempotent_replay_never_reports_an_unstored_job(store: JobStore) 
     assert out is not None
     replayed, created = out
     assert created is False and replayed.id == first.id
+
+
+async def test_expiry_leaves_nothing_behind(make_store: StoreFactory) -> None:
+    """A finished job past its TTL takes its tenant index entry, idempotency key and active
+    count with it, without anyone listing the tenant's jobs."""
+    store = make_store(result_ttl_s=0.2)
+    now = time.time()
+    ran = await put(store, job("ta"), key="k1")
+    (c,), _ = await store.claim(now=now, limit=1, lease_s=30, owner="w")
+    await store.finish(ran.id, c.token, status="completed", result={}, now=now)
+    cancelled = await put(store, job("tb", score=now + 60), key="k2")
+    await store.cancel(cancelled.id, now=now)
+    deleted = await put(store, job("tc", score=now + 60), key="k3")
+    await store.cancel(deleted.id, now=now)
+    assert await store.delete(deleted.id) == "deleted"
+    await asyncio.sleep(0.3)
+    await store.claim(now=time.time(), limit=1, lease_s=30, owner="w")
+    if isinstance(store, RedisJobStore):
+        assert await store.redis.keys("*") == []
+    else:
+        assert isinstance(store, MemoryJobStore)
+        state = (store._jobs, store._by_tenant, store._active, store._idem, store._idem_of)
+        assert state == ({}, {}, {}, {}, {})
