@@ -42,6 +42,9 @@ _NOT_RETRIED = frozenset({401, 403, 404, 408, 429})
 Send = Callable[[Call, Parsed], Awaitable[Reply]]
 
 
+_LOOP_GRANULARITY_MS = 1.0
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     path: str
@@ -245,8 +248,10 @@ class Batcher:
         loop = asyncio.get_running_loop()
         if batch.timer is not None:
             batch.timer.cancel()
-        delay_s = batch.route.settings.max_wait_ms / 1000
-        if delay_s <= 0:
+        # Event loops wait on epoll in whole milliseconds, rounded up, so a timer fires up to
+        # 1 ms late: aim that much early, so the batch leaves within its window, not after it.
+        delay_s = max(0.0, batch.route.settings.max_wait_ms - _LOOP_GRANULARITY_MS) / 1000
+        if batch.route.settings.max_wait_ms <= 0:
             batch.timer = loop.call_soon(self._flush, batch)
         else:
             batch.timer = loop.call_later(delay_s, self._flush, batch)
