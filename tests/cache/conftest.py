@@ -93,12 +93,18 @@ def wait_for(condition: Callable[[], bool], *, timeout_s: float = 10.0, what: st
         time.sleep(0.02)
 
 
+#: The product's 50 ms Redis bound is for a quiet server; a 2-core CI machine running the suite
+#: is not one. Tests that measure the bound itself set it explicitly.
+TEST_OP_TIMEOUT_MS = 500.0
+
+
 def make_memory(**options: Any) -> MemoryBackend:
     defaults: dict[str, Any] = {"max_entries": 1000, "max_bytes": 1 << 20, "metrics": Metrics()}
     return MemoryBackend(**{**defaults, **options})
 
 
 def make_redis(url: str, **options: Any) -> RedisBackend:
+    options.setdefault("op_timeout_ms", TEST_OP_TIMEOUT_MS)
     redis = RedisSettings(url=url, **{k: v for k, v in options.items() if k != "cache"})
     cache = options.get("cache") or CacheSettings(backend="redis")
     return RedisBackend(open_redis(redis), redis=redis, cache=cache, metrics=Metrics())

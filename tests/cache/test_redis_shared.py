@@ -11,7 +11,7 @@ from typing import Any
 from proxy.cache.redis import RedisBackend
 from proxy.keys import CACHE, METRICS
 from tests.cache.conftest import CHAT, HELLO, make_redis, post, wait_for
-from tests.conftest import Fake, ProxyFactory
+from tests.conftest import Fake, ProxyFactory, deep_merge
 from tests.support.redis_server import RedisServer
 
 
@@ -71,7 +71,8 @@ def test_slow_redis_is_bounded_by_the_op_timeout(
 ) -> None:
     """A Redis that accepts connections but never answers (SIGSTOP) costs one op timeout
     (per Redis user: the cache and the cross-replica single flight each have a breaker)."""
-    proxy = make_proxy(redis_proxy_config)
+    config = deep_merge(redis_proxy_config, {"redis": {"op_timeout_ms": 50}})
+    proxy = make_proxy(config)
     post(proxy.url, CHAT, HELLO)
     assert redis_server.proc is not None
     redis_server.proc.send_signal(signal.SIGSTOP)
