@@ -6,12 +6,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+import orjson
 from multidict import CIMultiDict
 
 if TYPE_CHECKING:
     from .upstream import Upstream
 
-__all__ = ["NO_CONTROL", "CacheControl", "Call", "Next", "Reply", "Stage"]
+__all__ = [
+    "NO_CONTROL",
+    "VARY_HEADERS",
+    "CacheControl",
+    "Call",
+    "Next",
+    "Reply",
+    "Stage",
+    "vary_of",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +69,18 @@ def _seconds(text: str) -> float | None:
 
 NO_CONTROL = CacheControl()
 
+#: Request headers that select a different answer for the same body (the account it runs in).
+VARY_HEADERS = frozenset({"openai-organization", "openai-project"})
+
+
+def vary_of(query: str, headers: Mapping[str, str]) -> bytes:
+    """The query and :data:`VARY_HEADERS` as JSON (empty for most calls); computed once per call
+    by the door, since every key (cache, flight, batch, per input) includes it."""
+    picked = [(low, v) for k, v in headers.items() if (low := k.lower()) in VARY_HEADERS]
+    if not query and not picked:
+        return b""
+    return orjson.dumps([query, sorted(picked)])
+
 
 @dataclass(frozen=True, slots=True)
 class Call:
@@ -81,6 +103,8 @@ class Call:
     model: str | None = None
     stream: bool = False
     cache: CacheControl = NO_CONTROL
+    #: What besides the body selects the answer (query, account headers): see :func:`vary_of`.
+    vary: bytes = b""
     #: The cache key (hex SHA-256 of the canonical request), set by the cache stage when the
     #: call is cacheable; the coalescing stages share it. ``None``: not cacheable.
     key: str | None = None

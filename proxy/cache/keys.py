@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from ..call import Call
+from ..call import VARY_HEADERS, Call
 from ..config import CacheSettings
 
 __all__ = [
@@ -40,7 +40,6 @@ NEVER_IN_KEY = frozenset({"stream", "stream_options"})
 SHARED_SCOPE = "shared"
 #: Forwarded request headers that pick the account (and so the models, fine-tunes and policies)
 #: the upstream answers as: requests that differ in them never share an answer or a batch.
-VARY_HEADERS = frozenset({"openai-organization", "openai-project"})
 #: JSON Schema keys whose members' order is meaningful (structured outputs and tool arguments
 #: are generated in the order of ``properties``).
 _ORDERED = "properties"
@@ -68,12 +67,8 @@ def _in_order(members: dict[str, Any]) -> list[Any]:
 
 
 def variant(call: Call) -> bytes:
-    """What besides the body selects the answer: the query and the :data:`VARY_HEADERS`
-    (empty for most calls)."""
-    picked = [(low, v) for k, v in call.headers.items() if (low := k.lower()) in VARY_HEADERS]
-    if not call.query and not picked:
-        return b""
-    return orjson.dumps([call.query, sorted(picked)])
+    """What besides the body selects the answer: the query and the account headers."""
+    return call.vary
 
 
 def canonical_body(data: dict[str, Any], drop: frozenset[str]) -> bytes:

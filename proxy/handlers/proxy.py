@@ -10,7 +10,7 @@ import orjson
 from aiohttp import web
 
 from ..auth import Identity
-from ..call import CacheControl, Call, Next, Reply
+from ..call import CacheControl, Call, Next, Reply, vary_of
 from ..errors import InvalidRequest, PayloadTooLarge, ProxyError
 from ..keys import DOOR, IDENTITY
 from ..upstream import Router, forward_headers
@@ -90,6 +90,7 @@ class ProxyDoor:
         stream = data.get("stream", False)
         if not isinstance(stream, bool):
             raise InvalidRequest("'stream' must be a boolean", param="stream", code="invalid_type")
+        sent_headers = forward_headers(headers)
         return Call(
             tenant=identity.tenant,
             upstream=upstream,
@@ -98,7 +99,8 @@ class ProxyDoor:
             body=body,
             json=data,
             query=query,
-            headers=forward_headers(headers),
+            headers=sent_headers,
+            vary=vary_of(query, sent_headers),
             credential=identity.credential,
             model=model,
             stream=stream,
