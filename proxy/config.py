@@ -50,6 +50,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _empty_is_unset(value: object) -> object:
+    """``${VAR:-}`` gives an empty string: for optional secrets and URLs that means unset (an
+    empty webhook secret must never sign anything)."""
+    return None if value == "" else value
+
+
 class ServerSettings(_Section):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=1, le=65535)
@@ -65,6 +71,7 @@ class UpstreamSettings(_Section):
     name: str = Field(min_length=1)
     base_url: str
     api_key: str | None = None
+    _api_key_empty = field_validator("api_key", mode="before")(_empty_is_unset)
     #: Exact model names and glob patterns (``gpt-4o*``) this upstream serves.
     models: tuple[str, ...] = ()
     connect_timeout_s: float = Field(10.0, gt=0)
@@ -131,6 +138,7 @@ class AuthSettings(_Section):
 
 class RedisSettings(_Section):
     url: str | None = None
+    _url_empty = field_validator("url", mode="before")(_empty_is_unset)
     key_prefix: str = "llmproxy"
     #: Bound on each cache read/write; a slower Redis counts as down for the cache.
     op_timeout_ms: float = Field(50.0, gt=0)
@@ -208,6 +216,7 @@ class JobsSettings(_Section):
     lease_s: float = Field(30.0, gt=0)
     poll_interval_s: float = Field(0.5, gt=0)
     webhook_secret: str | None = None
+    _secret_empty = field_validator("webhook_secret", mode="before")(_empty_is_unset)
     #: Host patterns (globs) that callback URLs may point at; none by default.
     callback_allow: tuple[str, ...] = ()
     webhook_max_attempts: int = Field(8, ge=1)

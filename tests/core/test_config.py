@@ -146,3 +146,18 @@ def test_start_with_a_bad_config_stops_with_the_message(tmp_path: Path) -> None:
     out = _cli("--config", str(path))
     assert out.returncode == 2
     assert "cache.eviction" in out.stderr and "'random'" in out.stderr
+
+
+def test_empty_interpolated_secrets_and_urls_mean_unset() -> None:
+    settings = parse_settings(
+        {
+            "upstreams": [{**UP, "api_key": "${OPENAI_API_KEY:-}"}],
+            "redis": {"url": "${REDIS_URL:-}"},
+            "jobs": {"webhook_secret": "${SECRET:-}"},
+        },
+        env={},
+    )
+    assert settings.upstreams[0].api_key is None
+    assert settings.redis.url is None
+    # An empty secret would sign webhooks with an empty key: it must be off instead.
+    assert settings.jobs.webhook_secret is None
