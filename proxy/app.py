@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
-from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from .auth import Authenticator
@@ -34,6 +33,7 @@ from .keys import (
 )
 from .metrics import Metrics
 from .middlewares import auth_middleware, error_middleware
+from .redis_client import open_redis
 from .upstream import Router, Upstream
 
 __all__ = ["create_app"]
@@ -52,12 +52,9 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         app[REDIS] = None
         yield
         return
-    # A blocking pool: under a burst, callers wait briefly for a connection instead of failing
-    # with MaxConnectionsError (the default pool's behaviour past 100 connections).
-    pool = BlockingConnectionPool.from_url(
-        url, max_connections=512, timeout=2.0, socket_connect_timeout=1.0, health_check_interval=10
+    client = open_redis(
+        app[SETTINGS].redis, max_connections=512, pool_timeout_s=2.0, socket_connect_timeout=1.0
     )
-    client = Redis(connection_pool=pool)
     app[REDIS] = client
 
     async def check() -> str | None:
@@ -72,7 +69,6 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await client.aclose()
-        await pool.aclose()
 
 
 async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -16,7 +16,7 @@ from ..keys import CACHE, METRICS, READINESS, SETTINGS
 from ..metrics import Metrics
 from .backend import CacheBackend
 from .memory import MemoryBackend
-from .redis import RedisBackend, open_redis
+from .redis import RedisBackend, open_cache_redis
 from .stage import ResponseCache
 
 __all__ = [
@@ -35,7 +35,7 @@ def open_backend(settings: Settings, metrics: Metrics) -> CacheBackend:
     cache = settings.cache
     if cache.backend == "redis":
         return RedisBackend(
-            open_redis(settings.redis), redis=settings.redis, cache=cache, metrics=metrics
+            open_cache_redis(settings.redis), redis=settings.redis, cache=cache, metrics=metrics
         )
     return MemoryBackend(
         max_entries=cache.max_entries,

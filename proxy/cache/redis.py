@@ -16,7 +16,6 @@ import logging
 import zlib
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -25,8 +24,9 @@ from ..breaker import Breaker
 from ..config import CacheSettings, RedisSettings
 from ..errors import StoreUnavailable
 from ..metrics import Metrics
+from ..redis_client import open_redis
 
-__all__ = ["RedisBackend", "open_redis"]
+__all__ = ["RedisBackend", "open_cache_redis"]
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +38,17 @@ _SCAN_COUNT = 1000
 _MAX_CONNECTIONS = 32
 
 
-def open_redis(settings: RedisSettings) -> Any:
+def open_cache_redis(settings: RedisSettings) -> Any:
     """A client for the cache: short timeouts, no retries (the breaker decides when to retry)."""
-    assert settings.url is not None
     timeout_s = settings.op_timeout_ms / 1000
-    options: dict[str, Any] = {
-        "socket_timeout": timeout_s,
-        "socket_connect_timeout": timeout_s,
-        "retry": Retry(NoBackoff(), 0),
-    }
-    if settings.cluster:
-        return RedisCluster.from_url(settings.url, max_connections=_MAX_CONNECTIONS, **options)
-    pool = BlockingConnectionPool.from_url(
-        settings.url, max_connections=_MAX_CONNECTIONS, timeout=timeout_s, **options
+    return open_redis(
+        settings,
+        max_connections=_MAX_CONNECTIONS,
+        pool_timeout_s=timeout_s,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
     )
-    return Redis.from_pool(pool)
 
 
 class RedisBackend:

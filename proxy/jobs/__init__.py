@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 from aiohttp import web
-from redis.asyncio import BlockingConnectionPool, Redis
 
 from ..config import Settings
 from ..handlers import jobs as handlers
 from ..keys import DOOR, JOBS, METRICS, PIPELINE, SETTINGS
+from ..redis_client import open_redis
 from .limits import MemoryBuckets, RateLimiter, RedisBuckets, bucket_limits
 from .memory import MemoryJobStore
 from .redis import RedisJobStore
@@ -32,20 +33,18 @@ log = logging.getLogger(__name__)
 _MAX_CONNECTIONS = 128
 
 
-def _redis(settings: Settings) -> Redis:
-    """The job feature's own client: a blocking pool, so a burst waits for a connection
-    (up to ``jobs.store_timeout_s``) instead of failing with "too many connections"."""
-    assert settings.redis.url is not None
-    pool = BlockingConnectionPool.from_url(
-        settings.redis.url,
+def _redis(settings: Settings) -> Any:
+    """The job feature's own client: a burst waits for a pool connection (up to
+    ``jobs.store_timeout_s``) instead of failing with "too many connections"."""
+    return open_redis(
+        settings.redis,
         max_connections=_MAX_CONNECTIONS,
-        timeout=settings.jobs.store_timeout_s,
+        pool_timeout_s=settings.jobs.store_timeout_s,
         socket_connect_timeout=1.0,
     )
-    return Redis.from_pool(pool)
 
 
-def _store(redis: Redis | None, settings: Settings) -> tuple[JobStore, RateLimiter]:
+def _store(redis: Any, settings: Settings) -> tuple[JobStore, RateLimiter]:
     jobs = settings.jobs
     limits = bucket_limits(jobs.rate_limit)
     if redis is not None:

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from proxy.cache.memory import MemoryBackend
-from proxy.cache.redis import RedisBackend, open_redis
+from proxy.cache.redis import RedisBackend, open_cache_redis
 from proxy.config import CacheSettings, RedisSettings
 from proxy.metrics import Metrics
 from tests.conftest import KEY_A
@@ -107,7 +107,7 @@ def make_redis(url: str, **options: Any) -> RedisBackend:
     options.setdefault("op_timeout_ms", TEST_OP_TIMEOUT_MS)
     redis = RedisSettings(url=url, **{k: v for k, v in options.items() if k != "cache"})
     cache = options.get("cache") or CacheSettings(backend="redis")
-    return RedisBackend(open_redis(redis), redis=redis, cache=cache, metrics=Metrics())
+    return RedisBackend(open_cache_redis(redis), redis=redis, cache=cache, metrics=Metrics())
 
 
 @pytest.fixture

@@ -7,71 +7,21 @@ so these tests prove the backend never sends one.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 
 import pytest
-import redis
 
 from proxy.cache.redis import RedisBackend
 from proxy.config import CacheSettings
 from tests.cache.conftest import make_redis
-from tests.support.redis_server import free_port
+from tests.support.redis_server import RedisClusterNode
 
 
 @pytest.fixture(scope="module")
 def cluster_url() -> Iterator[str]:
-    exe = shutil.which("redis-server")
-    assert exe is not None
-    port, workdir = free_port(), tempfile.mkdtemp(prefix="llmproxy-cluster-")
-    proc = subprocess.Popen(
-        [
-            exe,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            f"{workdir}/nodes.conf",
-            # The bus port defaults to port + 10000, which may be taken or above 65535.
-            "--cluster-port",
-            str(free_port()),
-            "--dir",
-            workdir,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        client = redis.Redis(port=port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert proc.poll() is None, "redis-server (cluster mode) exited"
-                assert time.monotonic() < deadline, "cluster node did not start"
-                time.sleep(0.02)
-        client.execute_command("CLUSTER", "ADDSLOTSRANGE", "0", "16383")
-        while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
-            assert time.monotonic() < deadline, "cluster did not become ok"
-            time.sleep(0.02)
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.kill()
-        proc.wait(5)
-        shutil.rmtree(workdir, ignore_errors=True)
+    node = RedisClusterNode()
+    yield node.url
+    node.stop()
 
 
 async def test_cluster_backend_get_set_clear(cluster_url: str) -> None:

@@ -1,0 +1,38 @@
+"""Redis clients for ``redis.url``: the one place that knows single node versus Cluster.
+
+Each feature opens its own client with its own bounds (the cache's reads must give up after
+``redis.op_timeout_ms``; the job store may wait longer for a pool connection). With
+``redis.cluster: true`` every client is a Redis Cluster client; the features keep the keys of
+each multi-key command in one hash slot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+
+from .config import RedisSettings
+
+__all__ = ["open_redis"]
+
+
+def open_redis(
+    settings: RedisSettings,
+    *,
+    max_connections: int,
+    pool_timeout_s: float,
+    **options: Any,
+) -> Any:
+    """A client for ``settings.url``; ``options`` go to the connections (timeouts, retry).
+
+    Single node: a blocking pool, so a burst waits up to ``pool_timeout_s`` for a connection
+    instead of failing with "too many connections".
+    """
+    assert settings.url is not None
+    if settings.cluster:
+        return RedisCluster.from_url(settings.url, max_connections=max_connections, **options)
+    pool = BlockingConnectionPool.from_url(
+        settings.url, max_connections=max_connections, timeout=pool_timeout_s, **options
+    )
+    return Redis.from_pool(pool)
