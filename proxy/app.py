@@ -86,7 +86,7 @@ async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         sessions.append(session)
-        upstreams.append(Upstream(up, session))
+        upstreams.append(Upstream(up, session, errors=app[METRICS].upstream_errors))
     app[ROUTER] = Router(settings, upstreams)
     try:
         yield

@@ -13,9 +13,6 @@ __all__ = ["Metrics"]
 class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "llm_proxy_requests", "Requests answered", ["route", "status"], registry=r
-        )
         self.upstream_errors = Counter(
             "llm_proxy_upstream_errors",
             "Upstream calls that failed",

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
+from prometheus_client import Counter
 
 from .call import Call, Reply
 from .config import Settings, UpstreamSettings
@@ -77,8 +78,16 @@ def _is_streamed(content_type: str) -> bool:
 class Upstream:
     """One OpenAI-compatible server and the pooled session that talks to it."""
 
-    def __init__(self, settings: UpstreamSettings, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        settings: UpstreamSettings,
+        session: aiohttp.ClientSession,
+        *,
+        errors: Counter | None = None,
+    ) -> None:
         self.settings = settings
+        #: ``llm_proxy_upstream_errors``, labelled by upstream and kind.
+        self._errors = errors
         self.name = settings.name
         self.session = session
         self.base_url = settings.base_url
@@ -125,8 +134,10 @@ class Upstream:
                 allow_redirects=False,
             )
         except TimeoutError as exc:
+            self._count("timeout")
             raise UpstreamTimeout(f"upstream {self.name!r} did not answer in time") from exc
         except (aiohttp.ClientError, OSError) as exc:
+            self._count("unreachable")
             raise UpstreamError(f"upstream {self.name!r} is unreachable") from exc
         headers = reply_headers(resp.headers)
         if _is_streamed(resp.headers.get("Content-Type", "")):
@@ -136,12 +147,18 @@ class Upstream:
         try:
             body = await resp.read()
         except TimeoutError as exc:
+            self._count("timeout")
             raise UpstreamTimeout(f"upstream {self.name!r} did not answer in time") from exc
         except (aiohttp.ClientError, OSError) as exc:
+            self._count("broken")
             raise UpstreamError(f"upstream {self.name!r} broke off its answer") from exc
         finally:
             resp.release()
         return Reply(resp.status, headers, body=body)
+
+    def _count(self, kind: str) -> None:
+        if self._errors is not None:
+            self._errors.labels(upstream=self.name, kind=kind).inc()
 
 
 def _has_glob(pattern: str) -> bool:

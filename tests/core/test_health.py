@@ -37,9 +37,16 @@ def test_readyz_follows_redis(
     assert http.get(f"{proxy.url}/readyz").status == 200
 
 
-def test_metrics_endpoint(proxy: Proxy) -> None:
+def test_metrics_endpoint_counts_upstream_errors(make_proxy: ProxyFactory) -> None:
+    proxy = make_proxy(
+        {"upstreams": [{"name": "gone", "base_url": f"http://127.0.0.1:{free_port()}/v1"}]}
+    )
+    chat = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}
+    assert http.post(f"{proxy.base_url}/chat/completions", chat).status == 502
     raw = http.get(f"{proxy.url}/metrics")
-    assert raw.status == 200 and b"llm_proxy_requests" in raw.body
+    assert raw.status == 200
+    line = 'llm_proxy_upstream_errors_total{kind="unreachable",upstream="gone"} 1.0'
+    assert line in raw.body.decode()
 
 
 def test_cli_serves_with_a_config_file(tmp_path: Path, fake: Fake) -> None:
