@@ -133,12 +133,8 @@ class Upstream:
                 timeout=self._timeout,
                 allow_redirects=False,
             )
-        except TimeoutError as exc:
-            self._count("timeout")
-            raise UpstreamTimeout(f"upstream {self.name!r} did not answer in time") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            self._count("unreachable")
-            raise UpstreamError(f"upstream {self.name!r} is unreachable") from exc
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise self._failure(exc, "unreachable") from exc
         headers = reply_headers(resp.headers)
         if _is_streamed(resp.headers.get("Content-Type", "")):
             return Reply(
@@ -146,19 +142,24 @@ class Upstream:
             )
         try:
             body = await resp.read()
-        except TimeoutError as exc:
-            self._count("timeout")
-            raise UpstreamTimeout(f"upstream {self.name!r} did not answer in time") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            self._count("broken")
-            raise UpstreamError(f"upstream {self.name!r} broke off its answer") from exc
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise self._failure(exc, "broken") from exc
         finally:
             resp.release()
         return Reply(resp.status, headers, body=body)
 
-    def _count(self, kind: str) -> None:
+    def _failure(self, exc: BaseException, kind: str) -> UpstreamError:
+        """The proxy's error for a failed exchange, counted: a timeout is 504, the rest 502."""
+        if isinstance(exc, TimeoutError):
+            kind = "timeout"
         if self._errors is not None:
             self._errors.labels(upstream=self.name, kind=kind).inc()
+        if kind == "timeout":
+            return UpstreamTimeout(f"upstream {self.name!r} did not answer in time")
+        return UpstreamError(f"upstream {self.name!r} {_FAILURE_TEXT[kind]}")
+
+
+_FAILURE_TEXT = {"unreachable": "is unreachable", "broken": "broke off its answer"}
 
 
 def _has_glob(pattern: str) -> bool:

@@ -17,6 +17,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_for_ping(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 10) -> redis.Redis:
+    """A client of the redis-server ``proc`` once it answers PING."""
+    client = redis.Redis(port=port, socket_connect_timeout=0.2)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.ping()
+            return client
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                client.close()
+                raise RuntimeError(f"redis-server on port {port} did not start") from None
+            time.sleep(0.02)
+
+
 class RedisServer:
     """A redis-server process the tests may kill and restart (same port)."""
 
@@ -55,17 +70,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.02)
-        client.close()
+        wait_for_ping(self.port, self.proc).close()
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -116,16 +121,8 @@ class RedisClusterNode:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = wait_for_ping(self.port, self.proc)
         deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("cluster node did not start") from None
-                time.sleep(0.02)
         client.execute_command("CLUSTER", "ADDSLOTSRANGE", "0", "16383")
         while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
             if time.monotonic() > deadline:
