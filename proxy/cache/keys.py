@@ -38,8 +38,9 @@ __all__ = [
 NEVER_IN_KEY = frozenset({"stream", "stream_options"})
 #: The scope of every key when ``cache.shared`` is on.
 SHARED_SCOPE = "shared"
-#: Forwarded request headers that pick the account (and so the models, fine-tunes and policies)
-#: the upstream answers as: requests that differ in them never share an answer or a batch.
+#: The bulk of a request, taken as it is (its keys are still sorted when dumped): walking it to
+#: normalise numbers cost most of the key's time, and no number or schema lives there.
+_VERBATIM = frozenset({"messages", "input", "prompt"})
 #: JSON Schema keys whose members' order is meaningful (structured outputs and tool arguments
 #: are generated in the order of ``properties``).
 _ORDERED = "properties"
@@ -73,7 +74,9 @@ def variant(call: Call) -> bytes:
 
 def canonical_body(data: dict[str, Any], drop: frozenset[str]) -> bytes:
     """The request as sorted, compact JSON, without the fields in ``drop``."""
-    body = {k: _normalise(v) for k, v in data.items() if k not in drop}
+    body = {
+        k: v if k in _VERBATIM else _normalise(v) for k, v in data.items() if k not in drop
+    }
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
