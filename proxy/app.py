@@ -103,8 +103,12 @@ async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         if stage is not None:
             pipeline = stage.wrap(pipeline)
     app[PIPELINE] = pipeline
+    server = app[SETTINGS].server
     app[DOOR] = ProxyDoor(
-        router=app[ROUTER], pipeline=pipeline, max_body_bytes=app[SETTINGS].server.max_body_bytes
+        router=app[ROUTER],
+        pipeline=pipeline,
+        max_body_bytes=server.max_body_bytes,
+        body_read_timeout_s=server.body_read_timeout_s,
     )
     yield
 

@@ -10,6 +10,7 @@ Every error the proxy makes itself is a :class:`ProxyError`; the HTTP door rende
     ├── PermissionDenied            403 permission_error (admin routes)
     ├── NotFound                    404 invalid_request_error (unknown job, no route)
     │   └── ModelNotFound           404 model_not_found
+    ├── RequestTimeout              408 invalid_request_error / request_timeout (slow body)
     ├── PayloadTooLarge             413 invalid_request_error / request_too_large
     ├── RateLimited                 429 rate_limit_error (queue limits)
     ├── UpstreamError               502 api_error (unreachable, broken)
@@ -80,6 +81,12 @@ class NotFound(ProxyError):
 
 class ModelNotFound(NotFound):
     code = "model_not_found"
+
+
+class RequestTimeout(ProxyError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
 
 
 class PayloadTooLarge(ProxyError):

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import Counter
+from yarl import URL
 
 from .call import Call, Reply
 from .config import Settings, UpstreamSettings
@@ -45,6 +46,9 @@ _REQUEST_DROP = HOP_BY_HOP | {
     "x-cache-ttl",
     "prefer",
     "idempotency-key",
+    # The proxy has the body already (or streams it): an upstream that never answers 100 must
+    # not stall the request.
+    "expect",
 }
 #: The body is decompressed by the client session, so these no longer describe it.
 _REPLY_DROP = HOP_BY_HOP | {"content-encoding", "date", "server"}
@@ -122,33 +126,32 @@ class Upstream:
             headers["Authorization"] = auth
         return headers
 
-    async def send(self, call: Call, *, data: Any = None) -> Reply:
-        """Send ``call`` and return the reply; a JSON body is read whole, streams are not."""
+    async def send(self, call: Call, *, data: Any = None, stream_reply: bool = False) -> Reply:
+        """Send ``call`` and return the reply: event streams and binary bodies (and every reply
+        with ``stream_reply``) as a stream of chunks, JSON read whole."""
         try:
             resp = await self.session.request(
                 call.method,
-                self.url(call.path, call.query),
+                URL(self.url(call.path, call.query), encoded=True),
                 data=call.body if data is None else data,
                 headers=self.request_headers(call),
                 timeout=self._timeout,
                 allow_redirects=False,
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise self._failure(exc, "unreachable") from exc
+            raise self.failure(exc, "unreachable") from exc
         headers = reply_headers(resp.headers)
-        if _is_streamed(resp.headers.get("Content-Type", "")):
-            return Reply(
-                resp.status, headers, stream=_Chunks(resp, self.name), closer=_closer(resp)
-            )
+        if stream_reply or _is_streamed(resp.headers.get("Content-Type", "")):
+            return Reply(resp.status, headers, stream=_Chunks(resp, self), closer=_closer(resp))
         try:
             body = await resp.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise self._failure(exc, "broken") from exc
+            raise self.failure(exc, "broken") from exc
         finally:
             resp.release()
         return Reply(resp.status, headers, body=body)
 
-    def _failure(self, exc: BaseException, kind: str) -> UpstreamError:
+    def failure(self, exc: BaseException, kind: str) -> UpstreamError:
         """The proxy's error for a failed exchange, counted: a timeout is 504, the rest 502."""
         if isinstance(exc, TimeoutError):
             kind = "timeout"
@@ -184,11 +187,11 @@ class _Chunks:
     from the same point (the single-flight fan-out relies on it).
     """
 
-    __slots__ = ("_content", "_name")
+    __slots__ = ("_content", "_upstream")
 
-    def __init__(self, resp: aiohttp.ClientResponse, name: str) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, upstream: Upstream) -> None:
         self._content = resp.content
-        self._name = name
+        self._upstream = upstream
 
     def __aiter__(self) -> _Chunks:
         return self
@@ -196,10 +199,8 @@ class _Chunks:
     async def __anext__(self) -> bytes:
         try:
             chunk = await self._content.readany()
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"upstream {self._name!r} stalled mid-stream") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(f"upstream {self._name!r} broke off its stream") from exc
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise self._upstream.failure(exc, "broken") from exc
         if not chunk:
             raise StopAsyncIteration
         return chunk

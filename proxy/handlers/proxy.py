@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from ..auth import Identity
 from ..call import CacheControl, Call, Next, Reply, vary_of
-from ..errors import InvalidRequest, PayloadTooLarge, ProxyError
+from ..errors import (
+    InvalidRequest,
+    PayloadTooLarge,
+    ProxyError,
+    RequestTimeout,
+    UpstreamError,
+)
 from ..keys import DOOR, IDENTITY
 from ..upstream import Router, forward_headers
 
-__all__ = ["ProxyDoor", "parse_json_object", "proxy_handler", "write_reply"]
+__all__ = [
+    "BodyGuard",
+    "ProxyDoor",
+    "parse_json_object",
+    "proxy_handler",
+    "safe_path",
+    "write_reply",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +61,18 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
 class ProxyDoor:
     """Builds calls from HTTP requests and writes replies back."""
 
-    def __init__(self, *, router: Router, pipeline: Next, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        router: Router,
+        pipeline: Next,
+        max_body_bytes: int,
+        body_read_timeout_s: float = 60.0,
+    ) -> None:
         self.router = router
         self.pipeline = pipeline
         self.max_body_bytes = max_body_bytes
+        self.body_read_timeout_s = body_read_timeout_s
         #: Set by the jobs feature: answers ``Prefer: respond-async`` requests with a job.
         self.async_door: AsyncDoor | None = None
 
@@ -60,7 +83,13 @@ class ProxyDoor:
                 f"Request body of {length} bytes is larger than the limit of "
                 f"{self.max_body_bytes} bytes"
             )
-        return await request.read()
+        try:
+            async with asyncio.timeout(self.body_read_timeout_s):
+                return await request.read()
+        except TimeoutError:
+            raise RequestTimeout(
+                f"The request body did not arrive within {self.body_read_timeout_s:g} s"
+            ) from None
 
     def build_call(
         self,
@@ -87,7 +116,7 @@ class ProxyDoor:
             if forwarded != model:
                 data["model"] = model = forwarded
                 body = orjson.dumps(data)
-        stream = data.get("stream", False)
+        stream = data.get("stream") or False
         if not isinstance(stream, bool):
             raise InvalidRequest("'stream' must be a boolean", param="stream", code="invalid_type")
         sent_headers = forward_headers(headers)
@@ -109,66 +138,141 @@ class ProxyDoor:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         identity: Identity = request[IDENTITY]
+        url = request.rel_url
+        path, query = safe_path(url.raw_path), url.raw_query_string
         if request.method == "POST" and not request.content_type.startswith(_STREAMED_TYPES):
             body = await self.read_body(request)
+            if not body:  # e.g. the SDK's cancel calls: nothing to parse or route by
+                reply = await self.passthrough(request, identity, path, query, body=b"")
+                return await write_reply(request, reply)
             call = self.build_call(
                 identity=identity,
                 method="POST",
-                path=request.path,
+                path=path,
                 headers=request.headers,
                 body=body,
                 data=parse_json_object(body),
-                query=request.query_string,
+                query=query,
             )
             if self.async_door is not None and "respond-async" in request.headers.get("Prefer", ""):
                 return await self.async_door(request, call)
             reply = await self.pipeline(call)
         else:
-            reply = await self.passthrough(request, identity)
+            reply = await self.passthrough(request, identity, path, query)
         return await write_reply(request, reply)
 
-    async def passthrough(self, request: web.Request, identity: Identity) -> Reply:
+    async def passthrough(
+        self,
+        request: web.Request,
+        identity: Identity,
+        path: str,
+        query: str,
+        *,
+        body: bytes | None = None,
+    ) -> Reply:
         """Uploads, downloads and GETs: to the default upstream, streamed both ways."""
         length = request.content_length
         if length is not None and length > self.max_body_bytes:
             raise PayloadTooLarge(f"Request body is larger than {self.max_body_bytes} bytes")
         upstream = self.router.default_or_404()
         headers = forward_headers(request.headers)
-        if length is not None:
-            headers["Content-Length"] = str(length)
         call = Call(
             tenant=identity.tenant,
             upstream=upstream,
             method=request.method,
-            path=request.path,
+            path=path,
             body=b"",
-            query=request.query_string,
+            query=query,
             headers=headers,
             credential=identity.credential,
         )
-        data = request.content if request.body_exists else None
-        return await upstream.send(call, data=data)
+        if body is not None or not request.body_exists:
+            return await upstream.send(call, data=body or b"", stream_reply=True)
+        if length is not None:
+            headers["Content-Length"] = str(length)
+        guard = BodyGuard(
+            request.content, max_bytes=self.max_body_bytes, read_timeout_s=self.body_read_timeout_s
+        )
+        try:
+            return await upstream.send(call, data=guard.chunks(), stream_reply=True)
+        except UpstreamError:
+            if guard.error is not None:  # the client's body was at fault, not the upstream
+                raise guard.error from None
+            raise
+
+
+class BodyGuard:
+    """A client's streamed body, bounded in size and in the wait for each piece."""
+
+    def __init__(self, content: StreamReader, *, max_bytes: int, read_timeout_s: float) -> None:
+        self.content = content
+        self.max_bytes = max_bytes
+        self.read_timeout_s = read_timeout_s
+        self.error: ProxyError | None = None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        seen = 0
+        while True:
+            try:
+                async with asyncio.timeout(self.read_timeout_s):
+                    chunk = await self.content.readany()
+            except TimeoutError:
+                self.error = RequestTimeout(
+                    f"The request body stalled for more than {self.read_timeout_s:g} s"
+                )
+                raise self.error from None
+            if not chunk:
+                return
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                self.error = PayloadTooLarge(
+                    f"Request body is larger than the limit of {self.max_bytes} bytes"
+                )
+                raise self.error
+            yield chunk
+
+
+def safe_path(raw_path: str) -> str:
+    """The request path as the client sent it (still percent-encoded), if it stays where it
+    points: no ``.``/``..`` segment and no encoded separator, in any spelling. Forwarded as is,
+    so the upstream sees the bytes the client sent."""
+    if "%" in raw_path or "/." in raw_path or "\\" in raw_path:
+        for segment in raw_path.split("/"):
+            plain = unquote(segment)
+            if plain in (".", "..") or any(c in plain for c in "/\\?#"):
+                raise InvalidRequest("Invalid request path", code="invalid_path")
+    return raw_path
 
 
 async def write_reply(request: web.Request, reply: Reply) -> web.StreamResponse:
     """Write a reply: whole bodies at once, streams chunk by chunk as they arrive."""
     if reply.stream is None:
         return web.Response(status=reply.status, headers=reply.headers, body=reply.body)
-    resp = web.StreamResponse(status=reply.status, headers=reply.headers)
     try:
+        resp = web.StreamResponse(status=reply.status, headers=reply.headers)
         await resp.prepare(request)
-        async for chunk in reply.stream:
-            await resp.write(chunk)
-    except ProxyError as exc:
-        # Headers are gone already: the only honest signal left is to break the connection,
-        # so the client sees a failed stream rather than a short one.
-        log.warning("stream from upstream ended early on %s: %s", request.path, exc.message)
-        if request.transport is not None:
-            request.transport.abort()
-        return resp
+        try:
+            async for chunk in reply.stream:
+                await resp.write(chunk)
+        except ProxyError as exc:
+            log.warning("stream from upstream ended early on %s: %s", request.path, exc.message)
+            return _broken(request, resp)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:  # headers are sent: no error response is possible any more
+            log.exception("stream failed on %s", request.path)
+            return _broken(request, resp)
     finally:
         await reply.aclose()
     await resp.write_eof()
+    return resp
+
+
+def _broken(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
+    """Break the connection: the only honest signal left once the headers are gone, so the
+    client sees a failed stream rather than a short one."""
+    if request.transport is not None:
+        request.transport.abort()
     return resp
 
 

@@ -152,3 +152,107 @@ def test_a_bad_request_harms_no_other(proxy: Proxy) -> None:
         model="gpt-4o", messages=[{"role": "user", "content": "still fine"}]
     )
     assert ok.choices[0].message.content == "echo: still fine"
+
+
+def raw_exchange(proxy: Proxy, request: bytes) -> tuple[int, bytes]:
+    """Send bytes exactly as given (no client-side path normalisation); status and body."""
+    with socket.create_connection(("127.0.0.1", proxy.live.port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+            more = sock.recv(65536)
+            if not more:
+                break
+            data += more
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    if b"chunked" in head.lower():  # one chunk is enough for an error body
+        body = body.split(b"\r\n", 1)[1].rsplit(b"\r\n0\r\n", 1)[0]
+    return status, body
+
+
+def test_paths_that_climb_out_of_v1_are_refused(proxy: Proxy, fake: Fake) -> None:
+    for path in (
+        "/v1/../admin",
+        "/v1/%2e%2e/%2E%2E/admin",
+        "/v1/files/a%2F..%2F..%2Fx",
+        "/v1/files/.%2e/x",
+        "/v1/files%3Fpurpose=x",
+        "/v1/models/..%5Cadmin",
+    ):
+        status, body = raw_exchange(
+            proxy, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        )
+        assert status in (400, 404), path
+        assert body.startswith(b'{"error"'), path
+    assert sum(fake.state.calls.values()) == 0
+
+
+def test_query_and_encoded_path_pass_byte_for_byte(proxy: Proxy, fake: Fake) -> None:
+    raw = http.get(f"{proxy.base_url}/files/file-a%20b?after=x%23y&q=%2541")
+    assert raw.status == 200
+    seen = fake.state.requests[-1]
+    assert seen.query == {"after": "x#y", "q": "%41"}  # decoded once, by the upstream
+    assert raw.json()["path"] == "/v1/files/file-a b"
+
+
+def test_empty_json_post_is_forwarded_not_refused(proxy: Proxy, fake: Fake) -> None:
+    # The SDK's cancel calls send Content-Type: application/json with no body.
+    raw = http.post(
+        f"{proxy.base_url}/batches/batch_1/cancel", b"", {"Content-Type": "application/json"}
+    )
+    assert raw.status == 200
+    assert fake.state.requests[-1].path == "/v1/batches/batch_1/cancel"
+    assert fake.state.requests[-1].body == b""
+
+
+def test_chunked_upload_over_the_limit_is_413(make_proxy: ProxyFactory, fake: Fake) -> None:
+    proxy = make_proxy({"server": {"max_body_bytes": 10_000}})
+    conn = http_client_to(proxy)
+    conn.putrequest("POST", "/v1/files")
+    conn.putheader("Content-Type", "multipart/form-data; boundary=x")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    piece = b"y" * 4096
+    try:
+        for _ in range(10):
+            conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+        conn.send(b"0\r\n\r\n")
+    except OSError:
+        pass  # the proxy may close early; the answer is still there to read
+    resp = conn.getresponse()
+    assert resp.status == 413
+    assert b"request_too_large" in resp.read()
+    conn.close()
+
+
+def test_a_body_that_stalls_is_408(make_proxy: ProxyFactory, fake: Fake) -> None:
+    proxy = make_proxy({"server": {"body_read_timeout_s": 0.3}})
+    status, body = raw_exchange(
+        proxy,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\nConnection: close\r\n\r\n{"model": ',
+    )
+    assert status == 408 and b"request_timeout" in body
+    assert sum(fake.state.calls.values()) == 0
+
+
+def test_expect_100_continue_is_not_forwarded(proxy: Proxy, fake: Fake) -> None:
+    body = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}'
+    conn = http_client_to(proxy)
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        body,
+        {"Content-Type": "application/json", "Expect": "100-continue"},
+    )
+    resp = conn.getresponse()
+    assert resp.status == 200
+    resp.read()
+    conn.close()
+    assert "expect" not in {k.lower() for k in fake.state.requests[-1].headers}
+
+
+def test_stream_null_means_not_streamed(proxy: Proxy) -> None:
+    raw = http.post(chat_url(proxy), {**CHAT, "stream": None})
+    assert raw.status == 200 and raw.headers["content-type"].startswith("application/json")
