@@ -43,7 +43,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         body = error_body(
             exc.reason, type_=_HTTP_TYPES.get(exc.status, "api_error"), code=str(exc.status)
         )
-        return web.json_response(body, status=exc.status)
+        allow = exc.headers.get("Allow")  # a 405 says what is allowed
+        return web.json_response(
+            body, status=exc.status, headers={"Allow": allow} if allow else None
+        )
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:  # the one outermost place: anything unexpected is a clean 500

@@ -256,3 +256,10 @@ def test_expect_100_continue_is_not_forwarded(proxy: Proxy, fake: Fake) -> None:
 def test_stream_null_means_not_streamed(proxy: Proxy) -> None:
     raw = http.post(chat_url(proxy), {**CHAT, "stream": None})
     assert raw.status == 200 and raw.headers["content-type"].startswith("application/json")
+
+
+def test_wrong_method_is_openai_shaped_405_with_allow(proxy: Proxy) -> None:
+    raw = http.post(f"{proxy.url}/healthz", {"x": 1})
+    err = assert_openai_error(raw, 405)
+    assert err["type"] == "invalid_request_error"
+    assert "GET" in raw.headers["allow"]
