@@ -15,7 +15,7 @@ from .call import Call, Next, Reply
 from .coalesce import coalesce_ctx
 from .config import Settings
 from .handlers.health import healthz, metrics_handler, readyz
-from .handlers.models import models_handler, setup_models
+from .handlers.models import models_ctx, models_handler
 from .handlers.proxy import ProxyDoor, proxy_handler
 from .jobs import add_job_routes, jobs_ctx
 from .keys import (
@@ -124,10 +124,10 @@ def create_app(settings: Settings) -> web.Application:
     app[AUTH] = auth
     app[METRICS] = Metrics()
     app[READINESS] = {}
-    setup_models(app)
     # Order matters: each context may use what the ones before it opened.
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(upstreams_ctx)
+    app.cleanup_ctx.append(models_ctx)
     app.cleanup_ctx.append(cache_ctx)
     app.cleanup_ctx.append(coalesce_ctx)
     app.cleanup_ctx.append(pipeline_ctx)

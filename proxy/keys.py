@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from .auth import Authenticator, Identity
     from .call import Next, Stage
     from .config import Settings
+    from .handlers.models import ModelList
     from .handlers.proxy import ProxyDoor
     from .metrics import Metrics
     from .upstream import Router
@@ -22,6 +23,7 @@ __all__ = [
     "IDENTITY",
     "JOBS",
     "METRICS",
+    "MODEL_LIST",
     "PIPELINE",
     "READINESS",
     "REDIS",
@@ -35,6 +37,8 @@ AUTH: web.AppKey[Authenticator] = web.AppKey("auth")
 ROUTER: web.AppKey[Router] = web.AppKey("router")
 DOOR: web.AppKey[ProxyDoor] = web.AppKey("door")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+#: The merged ``GET /v1/models`` lists, per tenant.
+MODEL_LIST: web.AppKey[ModelList] = web.AppKey("model_list")
 #: ``redis.asyncio.Redis`` when ``redis.url`` is set, else ``None``.
 REDIS: web.AppKey[Any] = web.AppKey("redis")
 #: ``/readyz`` checks: name -> async callable returning an error text, or ``None`` when fine.

@@ -3,73 +3,124 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from ..auth import Identity
-from ..call import Call
+from ..call import Call, Reply
 from ..errors import UpstreamError
-from ..keys import IDENTITY, ROUTER, SETTINGS
+from ..keys import IDENTITY, MODEL_LIST, ROUTER, SETTINGS
 from ..upstream import Upstream, forward_headers
 from .proxy import proxy_handler
 
-__all__ = ["ModelList", "models_handler"]
+__all__ = ["Answer", "ModelList", "models_ctx", "models_handler"]
 
 log = logging.getLogger(__name__)
 
+#: A model list larger than this is not a model list.
+_MAX_LIST_BYTES = 8 * 1024 * 1024
+_MAX_TENANTS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What ``GET /v1/models`` answers: the merged list, or an upstream's refusal as it came."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
 
 class ModelList:
-    """Merged model lists per tenant (their credentials may see different models)."""
+    """Merged model lists per tenant (their credentials may see different models).
+
+    Concurrent callers of one tenant share one listing; tenants never wait for each other.
+    """
 
     def __init__(self, *, ttl_s: float, aliases: dict[str, str]) -> None:
         self.ttl_s = ttl_s
         self.aliases = aliases
         self._cache: dict[str, tuple[float, bytes]] = {}
-        self._lock = asyncio.Lock()
+        self._flights: dict[str, asyncio.Task[Answer]] = {}
 
-    async def get(self, upstreams: list[Upstream], identity: Identity, headers: Any) -> bytes:
-        hit = self._fresh(identity.tenant)
+    async def get(
+        self, upstreams: list[Upstream], identity: Identity, headers: Mapping[str, str]
+    ) -> Answer:
+        """The tenant's merged list: cached, joined while in flight, or asked anew."""
+        tenant = identity.tenant
+        hit = self._fresh(tenant)
         if hit is not None:
-            return hit
-        async with self._lock:  # one listing at a time; waiters reuse its answer
-            hit = self._fresh(identity.tenant)
-            if hit is not None:
-                return hit
-            results = await asyncio.gather(
-                *(self._ask(u, identity, headers) for u in upstreams), return_exceptions=True
-            )
-        seen: set[str] = set()
-        data: list[dict[str, Any]] = []
-        failures = 0
-        for upstream, result in zip(upstreams, results, strict=True):
-            if isinstance(result, BaseException):
-                failures += 1
-                log.warning("listing models of upstream %r failed: %s", upstream.name, result)
-                continue
-            for model in result:
-                if isinstance(model, dict) and model.get("id") not in seen:
-                    seen.add(model["id"])
-                    data.append(model)
-        if failures == len(upstreams):
-            raise UpstreamError("No upstream answered the model list")
-        for alias in self.aliases:
-            if alias not in seen:
-                data.append({"id": alias, "object": "model", "created": 0, "owned_by": "llm-proxy"})
-        body = orjson.dumps({"object": "list", "data": data})
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[identity.tenant] = (time.monotonic(), body)
-        return body
+            return Answer(200, hit)
+        flight = self._flights.get(tenant)
+        if flight is None:
+            flight = asyncio.create_task(self._list(upstreams, identity, headers))
+            self._flights[tenant] = flight
+            flight.add_done_callback(functools.partial(self._landed, tenant))
+        # Shielded: a caller that goes away must not cancel the listing others wait for.
+        return await asyncio.shield(flight)
+
+    async def aclose(self) -> None:
+        """Cancel the listings in flight (the upstream sessions close next)."""
+        flights = list(self._flights.values())
+        for flight in flights:
+            flight.cancel()
+        await asyncio.gather(*flights, return_exceptions=True)
+
+    def _landed(self, tenant: str, flight: asyncio.Task[Answer]) -> None:
+        if self._flights.get(tenant) is flight:
+            del self._flights[tenant]
+        if not flight.cancelled():
+            flight.exception()  # its waiters, if any are left, have it; none must not warn
 
     def _fresh(self, tenant: str) -> bytes | None:
         hit = self._cache.get(tenant)
         return hit[1] if hit is not None and time.monotonic() - hit[0] < self.ttl_s else None
 
-    async def _ask(self, upstream: Upstream, identity: Identity, headers: Any) -> list[Any]:
+    async def _list(
+        self, upstreams: list[Upstream], identity: Identity, headers: Mapping[str, str]
+    ) -> Answer:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(self._ask(u, identity, headers)) for u in upstreams]
+        results = [task.result() for task in tasks]
+        lists = [r for r in results if isinstance(r, list)]
+        if not lists:
+            # Nobody listed: the first refusal (a 401 for a bad client key) tells the client why.
+            refusal = next((r for r in results if isinstance(r, Answer)), None)
+            if refusal is not None:
+                return refusal
+            raise UpstreamError("No upstream answered the model list")
+        body = self._merge(lists)
+        if len(lists) == len(results):  # a partial list is not kept: the next call asks again
+            if len(self._cache) >= _MAX_TENANTS:
+                self._cache.clear()
+            self._cache[identity.tenant] = (time.monotonic(), body)
+        return Answer(200, body)
+
+    def _merge(self, lists: list[list[Any]]) -> bytes:
+        seen: set[str] = set()
+        data: list[Any] = []
+        for listed in lists:
+            for model in listed:
+                model_id = model.get("id") if isinstance(model, dict) else None
+                if isinstance(model_id, str) and model_id not in seen:
+                    seen.add(model_id)
+                    data.append(model)
+        for alias in self.aliases:
+            if alias not in seen:
+                data.append({"id": alias, "object": "model", "created": 0, "owned_by": "llm-proxy"})
+        return orjson.dumps({"object": "list", "data": data})
+
+    async def _ask(
+        self, upstream: Upstream, identity: Identity, headers: Mapping[str, str]
+    ) -> list[Any] | Answer | None:
+        """The upstream's entries, its refusal, or ``None`` when it gave no usable answer."""
         call = Call(
             tenant=identity.tenant,
             upstream=upstream,
@@ -79,20 +130,41 @@ class ModelList:
             headers=forward_headers(headers),
             credential=identity.credential,
         )
-        reply = await upstream.send(call)
-        if not reply.ok or reply.body is None:
-            await reply.aclose()
-            raise UpstreamError(f"upstream {upstream.name!r} answered {reply.status}")
         try:
-            listed = orjson.loads(reply.body)["data"]
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            raise UpstreamError(f"upstream {upstream.name!r} sent a malformed model list") from exc
+            reply = await upstream.send(call)
+            body = await _read_whole(reply)
+        except UpstreamError as exc:
+            log.warning("listing models of upstream %r failed: %s", upstream.name, exc.message)
+            return None
+        if not reply.ok:
+            log.warning("upstream %r answered the model list with %d", upstream.name, reply.status)
+            return Answer(reply.status, body, reply.headers.get("Content-Type", "application/json"))
+        try:
+            listed = orjson.loads(body)["data"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            listed = None
         if not isinstance(listed, list):
-            raise UpstreamError(f"upstream {upstream.name!r} sent a malformed model list")
+            log.warning("upstream %r sent a malformed model list", upstream.name)
+            return None
         return listed
 
 
-MODEL_LIST = web.AppKey("model_list", ModelList)
+async def _read_whole(reply: Reply) -> bytes:
+    """A reply's body, also when the upstream sent it with a content type that streams."""
+    if reply.body is not None:
+        return reply.body
+    assert reply.stream is not None
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in reply.stream:
+            size += len(chunk)
+            if size > _MAX_LIST_BYTES:
+                raise UpstreamError(f"model list larger than {_MAX_LIST_BYTES} bytes")
+            chunks.append(chunk)
+    finally:
+        await reply.aclose()
+    return b"".join(chunks)
 
 
 async def models_handler(request: web.Request) -> web.StreamResponse:
@@ -102,12 +174,20 @@ async def models_handler(request: web.Request) -> web.StreamResponse:
     if len(upstreams) == 1 and not listing.aliases:
         # One upstream and nothing to add: exactly its answer, status and headers included.
         return await proxy_handler(request)
-    body = await listing.get(upstreams, request[IDENTITY], request.headers)
-    return web.Response(body=body, content_type="application/json")
+    answer = await listing.get(upstreams, request[IDENTITY], request.headers)
+    return web.Response(
+        status=answer.status, body=answer.body, headers={"Content-Type": answer.content_type}
+    )
 
 
-def setup_models(app: web.Application) -> None:
+async def models_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The merged model lists; listings still running are cancelled at shutdown."""
     settings = app[SETTINGS]
-    app[MODEL_LIST] = ModelList(
+    listing = ModelList(
         ttl_s=settings.routing.models_cache_s, aliases=dict(settings.routing.model_aliases)
     )
+    app[MODEL_LIST] = listing
+    try:
+        yield
+    finally:
+        await listing.aclose()
