@@ -15,7 +15,7 @@ from .call import Call, Next, Reply
 from .coalesce import coalesce_ctx
 from .config import Settings
 from .handlers.health import healthz, metrics_handler, readyz
-from .handlers.models import models_ctx, models_handler
+from .handlers.models import model_handler, models_ctx, models_handler
 from .handlers.proxy import ProxyDoor, proxy_handler
 from .jobs import add_job_routes, jobs_ctx
 from .keys import (
@@ -137,6 +137,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/v1/models", models_handler)
+    app.router.add_get("/v1/models/{model:.+}", model_handler)
     add_cache_routes(app)
     add_job_routes(app)
     app.router.add_route("*", "/v1/{tail:.*}", proxy_handler)

@@ -1,26 +1,31 @@
-"""``GET /v1/models``: the union of every upstream's model list, each asked once, briefly cached."""
+"""``GET /v1/models``: the union of every upstream's model list, each asked once, briefly cached.
+
+``GET /v1/models/{model}``: asked of the upstream that serves the model (aliases applied).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
 
 from ..auth import Identity
 from ..call import Call, Reply
-from ..errors import UpstreamError
+from ..errors import InvalidRequest, UpstreamError
 from ..keys import IDENTITY, MODEL_LIST, ROUTER, SETTINGS
 from ..upstream import Upstream, forward_headers
-from .proxy import proxy_handler
+from .proxy import proxy_handler, safe_path, write_reply
 
-__all__ = ["Answer", "ModelList", "models_ctx", "models_handler"]
+__all__ = ["Answer", "ModelList", "model_handler", "models_ctx", "models_handler"]
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +183,28 @@ async def models_handler(request: web.Request) -> web.StreamResponse:
     return web.Response(
         status=answer.status, body=answer.body, headers={"Content-Type": answer.content_type}
     )
+
+
+async def model_handler(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/models/{model}`` from the model's upstream, with the caller's credential; an
+    alias answers with its target's object."""
+    safe_path(request.raw_path)  # the door's rule for dot segments and encoded separators
+    model, upstream = request.app[ROUTER].resolve(request.match_info["model"])
+    if any(segment in ("", ".", "..") for segment in re.split(r"[/\\]", model)):
+        raise InvalidRequest("Invalid model id in the request path", code="invalid_path")
+    identity = request[IDENTITY]
+    call = Call(
+        tenant=identity.tenant,
+        upstream=upstream,
+        method="GET",
+        # Ids like ``org/name`` (vLLM) keep their slash; fine-tune ids keep their colons.
+        path="/v1/models/" + quote(model, safe="/:@!$&'()*+,;="),
+        body=b"",
+        headers=forward_headers(request.headers),
+        credential=identity.credential,
+        model=model,
+    )
+    return await write_reply(request, await upstream.send(call, stream_reply=True))
 
 
 async def models_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -195,3 +195,57 @@ def test_entries_without_a_string_id_are_skipped(make_proxy: ProxyFactory, fake:
     assert raw.status == 200, raw.body
     ids = [m["id"] for m in raw.json()["data"]]
     assert sorted(ids) == sorted([*fake.state.models, "odd-one"])
+
+
+def split(fake: Fake, other_fake: Fake, **routing: Any) -> dict[str, Any]:
+    return {
+        "upstreams": [
+            {"name": "chat", "base_url": fake.url, "models": ["gpt-*"]},
+            {"name": "emb", "base_url": other_fake.url, "models": ["text-*", "org/*"]},
+        ],
+        "routing": routing,
+    }
+
+
+def test_retrieve_asks_the_upstream_that_serves_the_model(
+    make_proxy: ProxyFactory, fake: Fake, other_fake: Fake
+) -> None:
+    proxy = make_proxy(split(fake, other_fake, default_upstream="chat"))
+    model = proxy.client().models.retrieve("text-embedding-3-small")
+    assert model.id == "text-embedding-3-small"
+    seen = other_fake.state.requests[-1]
+    assert seen.path == "/v1/models/text-embedding-3-small"
+    assert seen.headers["Authorization"] == f"Bearer {KEY_A}"
+    assert fake.state.calls == {}
+
+
+def test_retrieve_an_alias_answers_with_its_target(
+    make_proxy: ProxyFactory, fake: Fake, other_fake: Fake
+) -> None:
+    proxy = make_proxy(split(fake, other_fake, model_aliases={"fast": "text-embedding-3-small"}))
+    assert proxy.client().models.retrieve("fast").id == "text-embedding-3-small"
+    assert other_fake.state.requests[-1].path == "/v1/models/text-embedding-3-small"
+
+
+def test_retrieve_keeps_slashes_in_ids_and_refuses_dot_segments(
+    make_proxy: ProxyFactory, fake: Fake, other_fake: Fake
+) -> None:
+    other_fake.state.models.append("org/llama-3")
+    proxy = make_proxy(split(fake, other_fake))
+    raw = http.get(f"{proxy.base_url}/models/org/llama-3", A)
+    assert raw.status == 200 and raw.json()["id"] == "org/llama-3"
+    for path in ("org/../../files", "org/%2E%2E/x", "org//x", "..%5Cx", "org%2F..%2Fx"):
+        assert http.get(f"{proxy.base_url}/models/{path}", A).status == 400
+    assert other_fake.state.calls["/v1/models/org/llama-3"] == 1
+    assert sum(other_fake.state.calls.values()) == 1
+
+
+def test_retrieve_of_a_model_nobody_serves_is_an_openai_404(
+    make_proxy: ProxyFactory, fake: Fake, other_fake: Fake
+) -> None:
+    proxy = make_proxy(split(fake, other_fake))
+    with pytest.raises(openai.NotFoundError) as info:
+        proxy.client().models.retrieve("claude-3")
+    body = info.value.body
+    assert isinstance(body, dict) and body["code"] == "model_not_found"
+    assert fake.state.calls == {} and other_fake.state.calls == {}
