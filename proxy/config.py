@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,6 +82,7 @@ class UpstreamSettings(_Section):
     #: Micro-batching of embeddings/completions towards this upstream.
     batching: bool = True
     #: Extra headers sent with every request (e.g. an Azure ``api-version`` gateway header).
+    #: Their values are treated as secrets: masked by ``check-config``, never echoed in errors.
     headers: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("base_url")
@@ -307,7 +308,27 @@ def _secret_name(name: str) -> bool:
 
 
 def _is_secret(loc: tuple[Any, ...]) -> bool:
-    return any(isinstance(p, str) and _secret_name(p) for p in loc)
+    """Secret by name (``api_key``), or anything under a ``headers`` mapping (``api-key``,
+    ``Authorization`` and the like live there)."""
+    return any(isinstance(p, str) and (_secret_name(p) or p == "headers") for p in loc)
+
+
+def _is_url(key: object) -> bool:
+    return isinstance(key, str) and key.lower().endswith("url")
+
+
+_USERINFO = re.compile(r"//([^@/?#]*)@")
+
+
+def _mask_userinfo(url: str) -> str:
+    """``scheme://user:***@host``: the password of a URL's userinfo hidden (a lone user name,
+    often a token, hidden whole)."""
+
+    def hide(match: re.Match[str]) -> str:
+        user, colon, _ = match.group(1).partition(":")
+        return f"//{user}:***@" if colon else "//***@"
+
+    return _USERINFO.sub(hide, url, count=1)
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
@@ -317,12 +338,20 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out or "<root>"
 
 
+def _shown_input(loc: tuple[Any, ...], value: object) -> str:
+    if _is_secret(loc):
+        return "***"
+    if loc and _is_url(loc[-1]) and isinstance(value, str):
+        return repr(_mask_userinfo(value))
+    return repr(value)
+
+
 def _format_errors(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors(include_url=False):
         loc = tuple(p for p in err["loc"] if not str(p).startswith("function-after"))
         where = _format_loc(loc)
-        value = "***" if _is_secret(loc) else repr(err.get("input"))
+        value = _shown_input(loc, err.get("input"))
         if len(value) > 80:
             value = value[:77] + "..."
         msg = err["msg"].removeprefix("Value error, ")
@@ -362,21 +391,52 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: plain data only
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(_yaml_problem(path, exc)) from None
     return parse_settings(data, env)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key written twice in one mapping (the last one silently won)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # ``<<: *base`` may override what it merges
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            if isinstance(key, Hashable):
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_problem(path: str | Path, exc: yaml.YAMLError) -> str:
+    """Where and what, never the offending source line (it may hold a secret)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return (
+            f"config file {path} is not valid YAML: line {mark.line + 1}, "
+            f"column {mark.column + 1}: {exc.problem}"
+        )
+    return f"config file {path} is not valid YAML ({type(exc).__name__})"
 
 
 def _mask(value: Any, key: str = "") -> Any:
     if isinstance(value, dict):
+        if key == "headers":
+            return dict.fromkeys(value, "***")
         return {k: _mask(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [_mask(v, key) for v in value]
     if isinstance(value, str) and value and _secret_name(key):
         return "***"
-    if key == "url" and isinstance(value, str):
-        return re.sub(r"//([^@/]*):([^@/]*)@", r"//\1:***@", value)
+    if _is_url(key) and isinstance(value, str):
+        return _mask_userinfo(value)
     return value
 
 

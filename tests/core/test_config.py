@@ -161,3 +161,60 @@ def test_empty_interpolated_secrets_and_urls_mean_unset() -> None:
     assert settings.redis.url is None
     # An empty secret would sign webhooks with an empty key: it must be off instead.
     assert settings.jobs.webhook_secret is None
+
+
+def test_check_config_masks_header_values_and_url_passwords(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "upstreams:\n"
+        "  - name: azure\n"
+        "    base_url: https://gw-user:gw-pass-secret@gw.example.com/v1\n"
+        "    headers: {api-key: azure-header-secret, Authorization: Bearer sk-header-secret}\n"
+        "  - name: token\n"
+        "    base_url: https://sk-userinfo-token@other.example.com/v1\n"
+    )
+    out = _cli("check-config", str(path))
+    assert out.returncode == 0, out.stderr
+    dumped = json.loads(out.stdout)
+    azure, token = dumped["upstreams"]
+    assert azure["headers"] == {"api-key": "***", "Authorization": "***"}
+    assert azure["base_url"] == "https://gw-user:***@gw.example.com/v1"
+    assert token["base_url"] == "https://***@other.example.com/v1"
+    for secret in ("azure-header-secret", "sk-header-secret", "gw-pass-secret", "sk-userinfo"):
+        assert secret not in out.stdout
+
+
+def test_header_values_and_url_passwords_are_not_echoed_in_errors() -> None:
+    msg = error_of({"upstreams": [{**UP, "headers": {"api-key": ["sk-header-secret"]}}]})
+    assert "upstreams[0].headers.api-key" in msg and "sk-header-secret" not in msg
+    msg = error_of({"upstreams": [{**UP, "headers": "Authorization: Bearer sk-header-secret"}]})
+    assert "upstreams[0].headers" in msg and "sk-header-secret" not in msg
+    msg = error_of({"upstreams": [{**UP, "base_url": "ftp://u:url-pass-secret@host/v1"}]})
+    assert "upstreams[0].base_url" in msg and "ftp://u:***@host/v1" in msg
+    assert "url-pass-secret" not in msg
+
+
+def test_yaml_syntax_errors_name_the_place_not_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "upstreams:\n  - name: a\n    headers: {x: [1, 2\n    api_key: sk-in-the-line\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    msg = str(info.value)
+    assert str(path) in msg and "line 4, column 12" in msg and "expected ',' or ']'" in msg
+    assert "sk-in-the-line" not in msg and "\n" not in msg
+
+
+def test_a_key_written_twice_is_a_mistake(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("server:\n  port: 9000\n  host: 127.0.0.1\n  port: 9001\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert "duplicate key 'port'" in str(info.value) and "line 4" in str(info.value)
+    # A merge key may still override what it merges.
+    path.write_text(
+        "upstreams:\n  - &a {name: a, base_url: 'http://127.0.0.1:1/v1'}\n  - <<: *a\n    name: b\n"
+    )
+    assert [u.name for u in load_config(path, env={}).upstreams] == ["a", "b"]
+
