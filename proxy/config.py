@@ -84,6 +84,9 @@ class UpstreamSettings(_Section):
     #: Extra headers sent with every request (e.g. an Azure ``api-version`` gateway header).
     #: Their values are treated as secrets: masked by ``check-config``, never echoed in errors.
     headers: dict[str, str] = Field(default_factory=dict)
+    #: In passthrough mode, forward the client's own credential here. ``false``: this upstream
+    #: only ever gets its ``api_key`` (keeps an OpenAI key away from a local or third-party server).
+    pass_client_key: bool = True
 
     @field_validator("base_url")
     @classmethod

@@ -218,3 +218,11 @@ def test_a_key_written_twice_is_a_mistake(tmp_path: Path) -> None:
     )
     assert [u.name for u in load_config(path, env={}).upstreams] == ["a", "b"]
 
+
+def test_pass_client_key_is_a_per_upstream_switch() -> None:
+    settings = parse_settings(
+        {"upstreams": [UP, {**UP, "name": "local", "pass_client_key": False}]}, env={}
+    )
+    assert [u.pass_client_key for u in settings.upstreams] == [True, False]
+    msg = error_of({"upstreams": [{**UP, "pass_client_key": "sometimes"}]})
+    assert "upstreams[0].pass_client_key" in msg and "bool" in msg
