@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -40,6 +41,15 @@ __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
+# The shared Redis client (cross-replica coalescing) serves many requests at once: a pool for a
+# burst of them, where a request waits a bounded time for a connection instead of failing.
+REDIS_MAX_CONNECTIONS = 512
+REDIS_POOL_TIMEOUT_S = 2.0
+#: A Redis that takes longer to accept a connection counts as down.
+REDIS_CONNECT_TIMEOUT_S = 1.0
+#: ``/readyz`` answers in time even when Redis accepts connections but never replies.
+READY_CHECK_TIMEOUT_S = 1.0
+
 
 async def upstream_stage(call: Call) -> Reply:
     """The last stage: send the call to its upstream."""
@@ -53,13 +63,17 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     client = open_redis(
-        app[SETTINGS].redis, max_connections=512, pool_timeout_s=2.0, socket_connect_timeout=1.0
+        app[SETTINGS].redis,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        pool_timeout_s=REDIS_POOL_TIMEOUT_S,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
     )
     app[REDIS] = client
 
     async def check() -> str | None:
         try:
-            await client.ping()
+            async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
+                await client.ping()
         except (TimeoutError, RedisError, OSError) as exc:
             return f"redis unreachable: {type(exc).__name__}"
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,6 +36,18 @@ def test_readyz_follows_redis(
     finally:
         redis_server.start()
     assert http.get(f"{proxy.url}/readyz").status == 200
+
+
+def test_readyz_answers_when_redis_accepts_but_never_replies(make_proxy: ProxyFactory) -> None:
+    with socket.socket() as silent:  # the kernel accepts connections; nobody ever answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        proxy = make_proxy({"redis": {"url": url}, "jobs": {"store": "memory"}})
+        started = time.monotonic()
+        down = http.get(f"{proxy.url}/readyz", timeout=10)
+        assert down.status == 503 and "redis" in down.json()["problems"]
+        assert time.monotonic() - started < 3  # about READY_CHECK_TIMEOUT_S (1 s)
 
 
 def test_metrics_endpoint_counts_upstream_errors(make_proxy: ProxyFactory) -> None:
