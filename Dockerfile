@@ -14,8 +14,11 @@ COPY config.example.yaml /etc/llm-proxy/config.yaml
 
 USER proxy
 EXPOSE 8080
+# The port comes from the config's server.port; LLM_PROXY_PORT tells the health check (and
+# config.example.yaml's server.port) which one. Keep them equal when you change either.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"
+  CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('LLM_PROXY_PORT', '8080'), timeout=2)"
 
 ENTRYPOINT ["llm-proxy"]
-CMD ["--host", "0.0.0.0", "--port", "8080"]
+# Listen on every interface of the container; the port is the config's.
+CMD ["--host", "0.0.0.0"]
