@@ -9,6 +9,8 @@ import tempfile
 import time
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 def free_port() -> int:
@@ -19,13 +21,17 @@ def free_port() -> int:
 
 def wait_for_ping(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 10) -> redis.Redis:
     """A client of the redis-server ``proc`` once it answers PING."""
-    client = redis.Redis(port=port, socket_connect_timeout=0.2)
+    # A server still loading accepts connections before it answers: bound the reply too, and
+    # retry here on the deadline rather than inside the client.
+    client = redis.Redis(
+        port=port, socket_connect_timeout=0.2, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             client.ping()
             return client
-        except redis.ConnectionError:
+        except (redis.ConnectionError, redis.TimeoutError):
             if time.monotonic() > deadline or proc.poll() is not None:
                 client.close()
                 raise RuntimeError(f"redis-server on port {port} did not start") from None
@@ -77,6 +83,11 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait(5)
             self.proc = None
+
+    def close(self) -> None:
+        """Kill the server for good and remove its directory."""
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def flush(self) -> None:
         client = redis.Redis(port=self.port)
