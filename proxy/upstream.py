@@ -96,6 +96,7 @@ class Upstream:
         self.session = session
         self.base_url = settings.base_url
         self._auth = f"Bearer {settings.api_key}" if settings.api_key else None
+        self._pass_client_key = settings.pass_client_key
         self._extra_headers = dict(settings.headers)
         self._timeout = aiohttp.ClientTimeout(
             total=settings.total_timeout_s,
@@ -121,7 +122,7 @@ class Upstream:
         headers = dict(call.headers)
         if self._extra_headers:
             headers.update(self._extra_headers)
-        auth = call.credential or self._auth
+        auth = (call.credential if self._pass_client_key else None) or self._auth
         if auth:
             headers["Authorization"] = auth
         return headers

@@ -164,3 +164,43 @@ def test_keys_mode_sends_the_upstream_key(make_proxy: ProxyFactory, fake: Fake) 
     )
     proxy.client(KEY_A).chat.completions.create(**CHAT)  # type: ignore[call-overload]
     assert fake.state.requests[-1].headers["Authorization"] == "Bearer sk-upstream"
+
+
+def test_pass_client_key_false_keeps_the_client_key_from_that_upstream(
+    make_proxy: ProxyFactory, fake: Fake
+) -> None:
+    proxy = make_proxy(
+        {
+            "upstreams": [
+                {
+                    "name": "openai",
+                    "base_url": fake.url,
+                    "models": ["gpt-*"],
+                    "headers": {"x-upstream": "openai"},
+                },
+                {
+                    "name": "local",
+                    "base_url": fake.url,
+                    "models": ["text-embedding-*"],
+                    "api_key": "sk-local",
+                    "pass_client_key": False,
+                    "headers": {"x-upstream": "local"},
+                },
+            ],
+            "cache": {"enabled": False},
+        }
+    )
+    client = proxy.client(KEY_A)
+    client.chat.completions.create(**CHAT)  # type: ignore[call-overload]
+    assert fake.state.requests[-1].headers["Authorization"] == f"Bearer {KEY_A}"
+    client.embeddings.create(model="text-embedding-3-small", input="x")
+    seen = fake.state.requests[-1].headers
+    assert seen["x-upstream"] == "local" and seen["Authorization"] == "Bearer sk-local"
+    # The merged model list asks both; the client's key goes only where it may.
+    client.models.list()
+    by_upstream = {
+        r.headers["x-upstream"]: r.headers["Authorization"]
+        for r in fake.state.requests
+        if r.path == "/v1/models"
+    }
+    assert by_upstream == {"openai": f"Bearer {KEY_A}", "local": "Bearer sk-local"}
