@@ -74,9 +74,7 @@ def variant(call: Call) -> bytes:
 
 def canonical_body(data: dict[str, Any], drop: frozenset[str]) -> bytes:
     """The request as sorted, compact JSON, without the fields in ``drop``."""
-    body = {
-        k: v if k in _VERBATIM else _normalise(v) for k, v in data.items() if k not in drop
-    }
+    body = {k: v if k in _VERBATIM else _normalise(v) for k, v in data.items() if k not in drop}
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
