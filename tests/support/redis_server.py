@@ -19,6 +19,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def server_argv(exe: str, port: int, directory: str) -> list[str]:
+    """A loopback redis-server that keeps nothing on disk."""
+    return [
+        exe,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        directory,
+    ]
+
+
 def wait_for_ping(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 10) -> redis.Redis:
     """A client of the redis-server ``proc`` once it answers PING."""
     # A server still loading accepts connections before it answers: bound the reply too, and
@@ -57,17 +74,7 @@ class RedisServer:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [
-                self.exe,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
+                *server_argv(self.exe, self.port, self.dir),
                 "--daemonize",
                 "no",
                 "--loglevel",
@@ -110,15 +117,7 @@ class RedisClusterNode:
         self.dir = tempfile.mkdtemp(prefix="llmproxy-cluster-")
         self.proc = subprocess.Popen(
             [
-                exe,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
+                *server_argv(exe, self.port, self.dir),
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -126,8 +125,6 @@ class RedisClusterNode:
                 # The bus port defaults to port + 10000, which may be taken or above 65535.
                 "--cluster-port",
                 str(free_port()),
-                "--dir",
-                self.dir,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
