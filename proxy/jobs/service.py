@@ -120,6 +120,9 @@ class JobService:
 
     async def stop(self) -> None:
         if self._task is not None:
+            # The flag as well as the cancel: a cancellation that lands inside a Redis call can
+            # come back as a connection error, which the dispatcher survives by design.
+            self.worker.stop()
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self.webhooks is not None:

@@ -104,6 +104,14 @@ async def _read(reply: Reply) -> bytes:
         await reply.aclose()
 
 
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation that a Redis call turned into a failure: loops that survive
+    store failures by design must not survive a shutdown."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Worker:
     def __init__(
         self,
@@ -129,6 +137,12 @@ class Worker:
         self._work: dict[str, asyncio.Task[Outcome]] = {}
         self._cancel_asked: set[str] = set()
         self._heartbeat_s = min(settings.lease_s / 3, 1.0)
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Leave the dispatch loop at its next turn (and wake it for that turn)."""
+        self._stopping = True
+        self._changed.set()
 
     def wake(self) -> None:
         """Something changed (a job submitted here, a slot freed): look at the queue now."""
@@ -144,7 +158,7 @@ class Worker:
     async def run(self) -> None:
         """The dispatcher; cancelling it releases every running job back to the queue."""
         try:
-            while True:
+            while not self._stopping:
                 await self._dispatch_once()
         finally:
             for task in self._tasks:
@@ -163,6 +177,9 @@ class Worker:
                 now=now, limit=free, lease_s=self.settings.lease_s, owner=self.owner
             )
         except StoreUnavailable:
+            _raise_if_cancelled()
+            if self._stopping:
+                return
             log.warning("job store unavailable; retrying in %ss", self.settings.poll_interval_s)
             await asyncio.sleep(self.settings.poll_interval_s)
             return
@@ -219,6 +236,7 @@ class Worker:
             try:
                 lease = await self.store.renew(job.id, job.token, until=until)
             except StoreUnavailable:
+                _raise_if_cancelled()  # a cancel can surface from inside Redis as a failure
                 continue  # keep working; if Redis stays away the lease lapses and that is fine
             if lease != "held":
                 work.cancel()
@@ -269,6 +287,7 @@ class Worker:
                 await self._store_outcome(job, outcome, status)
                 return
             except StoreUnavailable:
+                _raise_if_cancelled()
                 if time.monotonic() > deadline:
                     log.warning("result of %s not recorded: store down; it will run again", job.id)
                     return
