@@ -8,13 +8,14 @@ each multi-key command in one hash slot.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
 from .config import RedisSettings
 
-__all__ = ["open_redis"]
+__all__ = ["open_redis", "raise_if_cancelled"]
 
 
 def open_redis(
@@ -36,3 +37,14 @@ def open_redis(
         settings.url, max_connections=max_connections, timeout=pool_timeout_s, **options
     )
     return Redis.from_pool(pool)
+
+
+def raise_if_cancelled() -> None:
+    """Re-raise a cancellation that surfaced from inside a Redis call as a failure.
+
+    Loops that outlive Redis failures by design (job dispatch, lease renewal, rate-limit waits,
+    claim refreshes) call this in their failure branch, so that they never outlive a shutdown.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from ..breaker import Breaker
 from ..metrics import Metrics
+from ..redis_client import raise_if_cancelled
 
 __all__ = ["Claim", "FlightKeys", "Record", "RemoteFlights"]
 
@@ -228,6 +229,7 @@ class RemoteFlights:
                         keys=[claim.keys.claim], args=[claim.token, self.claim_ttl_ms]
                     )
             except _FAILURES as exc:
+                raise_if_cancelled()
                 self._failed("flight_refresh", exc)
 
     async def publish(self, claim: Claim, record: Record) -> None:

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from ..config import RateLimit
 from ..errors import StoreUnavailable
+from ..redis_client import raise_if_cancelled
 from .keys import JobKeys
 
 __all__ = ["MemoryBuckets", "RateLimiter", "RedisBuckets", "estimate_tokens"]
@@ -126,6 +127,7 @@ class RateLimiter:
             try:
                 wait = await self._buckets.take(names, costs, time.time())
             except StoreUnavailable:
+                raise_if_cancelled()
                 wait = 0.5  # no shared state: hold back rather than overrun the upstream
             if wait <= 0:
                 return

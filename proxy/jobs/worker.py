@@ -25,6 +25,7 @@ from ..config import JobsSettings
 from ..errors import ProxyError, StoreUnavailable, UpstreamError
 from ..handlers.proxy import ProxyDoor
 from ..metrics import Metrics
+from ..redis_client import raise_if_cancelled
 from .limits import RateLimiter, estimate_tokens
 from .models import CANCELLED, Job, JobStatus
 from .store import JobStore, Lease
@@ -104,14 +105,6 @@ async def _read(reply: Reply) -> bytes:
         await reply.aclose()
 
 
-def _raise_if_cancelled() -> None:
-    """Re-raise a cancellation that a Redis call turned into a failure: loops that survive
-    store failures by design must not survive a shutdown."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
 class Worker:
     def __init__(
         self,
@@ -177,7 +170,7 @@ class Worker:
                 now=now, limit=free, lease_s=self.settings.lease_s, owner=self.owner
             )
         except StoreUnavailable:
-            _raise_if_cancelled()
+            raise_if_cancelled()
             if self._stopping:
                 return
             log.warning("job store unavailable; retrying in %ss", self.settings.poll_interval_s)
@@ -236,7 +229,7 @@ class Worker:
             try:
                 lease = await self.store.renew(job.id, job.token, until=until)
             except StoreUnavailable:
-                _raise_if_cancelled()  # a cancel can surface from inside Redis as a failure
+                raise_if_cancelled()  # a cancel can surface from inside Redis as a failure
                 continue  # keep working; if Redis stays away the lease lapses and that is fine
             if lease != "held":
                 work.cancel()
@@ -287,7 +280,7 @@ class Worker:
                 await self._store_outcome(job, outcome, status)
                 return
             except StoreUnavailable:
-                _raise_if_cancelled()
+                raise_if_cancelled()
                 if time.monotonic() > deadline:
                     log.warning("result of %s not recorded: store down; it will run again", job.id)
                     return
