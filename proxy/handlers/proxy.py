@@ -116,8 +116,10 @@ class ProxyDoor:
             if forwarded != model:
                 data["model"] = model = forwarded
                 body = orjson.dumps(data)
-        stream = data.get("stream") or False
-        if not isinstance(stream, bool):
+        stream = data.get("stream")
+        if stream is None:  # absent or null: not streamed
+            stream = False
+        elif not isinstance(stream, bool):
             raise InvalidRequest("'stream' must be a boolean", param="stream", code="invalid_type")
         sent_headers = forward_headers(headers)
         return Call(

@@ -44,8 +44,9 @@ def test_non_object_body_is_400(proxy: Proxy) -> None:
 def test_wrong_types_are_400(proxy: Proxy) -> None:
     raw = http.post(chat_url(proxy), {"model": 5, "messages": []})
     assert assert_openai_error(raw, 400)["param"] == "model"
-    raw = http.post(chat_url(proxy), {"model": "gpt-4o", "messages": [], "stream": "yes"})
-    assert assert_openai_error(raw, 400)["param"] == "stream"
+    for wrong in ("yes", 0, ""):
+        raw = http.post(chat_url(proxy), {"model": "gpt-4o", "messages": [], "stream": wrong})
+        assert assert_openai_error(raw, 400)["param"] == "stream"
 
 
 def test_keys_mode_requires_a_proxy_key(make_proxy: ProxyFactory, fake: Fake) -> None:
