@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 from multidict import CIMultiDict
 
+from .errors import UpstreamError
+
 if TYPE_CHECKING:
     from .upstream import Upstream
 
@@ -139,6 +141,23 @@ class Reply:
     @property
     def ok(self) -> bool:
         return 200 <= self.status < 300
+
+    async def read(self, *, max_bytes: int | None = None) -> bytes:
+        """The whole body, also of a streamed reply (which is then closed); past ``max_bytes``
+        the read stops with :class:`~proxy.errors.UpstreamError`."""
+        if self.stream is None:
+            return self.body or b""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in self.stream:
+                size += len(chunk)
+                if max_bytes is not None and size > max_bytes:
+                    raise UpstreamError(f"upstream answer larger than {max_bytes} bytes")
+                chunks.append(chunk)
+        finally:
+            await self.aclose()
+        return b"".join(chunks)
 
     async def aclose(self) -> None:
         if self.closer is not None:

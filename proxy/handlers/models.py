@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from ..auth import Identity
-from ..call import Call, Reply
+from ..call import Call
 from ..errors import InvalidRequest, UpstreamError
 from ..keys import IDENTITY, MODEL_LIST, ROUTER, SETTINGS
 from ..upstream import Upstream, forward_headers
@@ -137,7 +137,7 @@ class ModelList:
         )
         try:
             reply = await upstream.send(call)
-            body = await _read_whole(reply)
+            body = await reply.read(max_bytes=_MAX_LIST_BYTES)
         except UpstreamError as exc:
             log.warning("listing models of upstream %r failed: %s", upstream.name, exc.message)
             return None
@@ -152,24 +152,6 @@ class ModelList:
             log.warning("upstream %r sent a malformed model list", upstream.name)
             return None
         return listed
-
-
-async def _read_whole(reply: Reply) -> bytes:
-    """A reply's body, also when the upstream sent it with a content type that streams."""
-    if reply.body is not None:
-        return reply.body
-    assert reply.stream is not None
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in reply.stream:
-            size += len(chunk)
-            if size > _MAX_LIST_BYTES:
-                raise UpstreamError(f"model list larger than {_MAX_LIST_BYTES} bytes")
-            chunks.append(chunk)
-    finally:
-        await reply.aclose()
-    return b"".join(chunks)
 
 
 async def models_handler(request: web.Request) -> web.StreamResponse:

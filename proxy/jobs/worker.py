@@ -96,15 +96,6 @@ def _proxy_error(exc: ProxyError) -> dict[str, Any]:
     return {"error": {"message": exc.message, "type": exc.type, "code": exc.code}}
 
 
-async def _read(reply: Reply) -> bytes:
-    if reply.stream is None:
-        return reply.body or b""
-    try:
-        return b"".join([chunk async for chunk in reply.stream])
-    finally:
-        await reply.aclose()
-
-
 class Worker:
     def __init__(
         self,
@@ -248,7 +239,7 @@ class Worker:
         await self.limiter.acquire(call.upstream.name, estimate_tokens(call.json, call.body))
         try:
             reply = await self.pipeline(call)
-            body = await _read(reply)
+            body = await reply.read()
         except UpstreamError as exc:
             return Outcome("retry", _proxy_error(exc))
         except ProxyError as exc:
