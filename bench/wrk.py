@@ -103,7 +103,9 @@ VARIANTS: dict[str, Variant] = {
         config={**_PASS, **_LOG_TO_FILE},
     ),
     "proxy-quiet": Variant(
-        "proxy", "proxy, 1 worker, cache off, request log and metrics off", config={**_PASS, **_QUIET}
+        "proxy",
+        "proxy, 1 worker, cache off, request log and metrics off",
+        config={**_PASS, **_QUIET},
     ),
     "proxy-w2": Variant(
         "proxy", "proxy, 2 workers, defaults, cache off", config=_PASS, args=("--workers", "2")
