@@ -22,16 +22,9 @@ from ..errors import NotCached, ProxyError
 from ..metrics import Metrics
 from .backend import CacheBackend
 from .entry import Entry, keep_headers
-from .forms import (
-    CONVERTIBLE,
-    assemble,
-    carries_error,
-    ends_with_usage,
-    is_complete,
-    strip_usage,
-    synthesize,
-)
+from .forms import CONVERTIBLE, assemble, ends_with_usage, strip_usage, synthesize
 from .keys import digest_of, drop_fields, is_deterministic, request_key
+from .storable import storable_json, storable_stream
 
 __all__ = ["HIT", "MISS", "BYPASS", "ResponseCache"]
 
@@ -155,11 +148,11 @@ class ResponseCache:
             return
         if reply.stream is None:
             body = reply.body or b""
-            if len(body) <= self.settings.max_entry_bytes and not carries_error(body, sse=False):
+            if len(body) <= self.settings.max_entry_bytes and storable_json(call.path, body):
                 entry = self._entry(reply, form="json", payload=body)
                 await self.backend.set(key, entry.encode(), ttl_s=ttl_s)
         elif reply.headers.get("Content-Type", "").startswith("text/event-stream"):
-            reply.stream = self._record(reply, reply.stream, key=key, ttl_s=ttl_s)
+            reply.stream = self._record(call, reply, reply.stream, key=key, ttl_s=ttl_s)
 
     def _entry(
         self, reply: Reply, *, form: str, payload: bytes, sizes: tuple[int, ...] = ()
@@ -175,11 +168,18 @@ class ResponseCache:
         )
 
     async def _record(
-        self, reply: Reply, source: AsyncIterator[bytes], *, key: str, ttl_s: float
+        self,
+        call: Call,
+        reply: Reply,
+        source: AsyncIterator[bytes],
+        *,
+        key: str,
+        ttl_s: float,
     ) -> AsyncIterator[bytes]:
         """Pass every chunk on at once, keeping a copy; store once the stream ended properly.
 
-        A stream the client left, or the upstream broke, never reaches the end of this loop.
+        A stream the client left, or the upstream broke, never reaches the end of this loop; one
+        that ended but is not whole (see :mod:`.storable`) is not stored.
         """
         chunks: list[bytes] | None = []
         size, limit = 0, self.settings.max_entry_bytes
@@ -193,7 +193,7 @@ class ResponseCache:
             yield chunk
         if chunks:
             payload = b"".join(chunks)
-            if is_complete(payload) and not carries_error(payload, sse=True):
+            if storable_stream(call.path, payload):
                 sizes = tuple(len(c) for c in chunks)
                 entry = self._entry(reply, form="sse", payload=payload, sizes=sizes)
                 await self.backend.set(key, entry.encode(), ttl_s=ttl_s)
