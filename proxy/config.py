@@ -172,6 +172,9 @@ class CacheSettings(_Section):
     key_version: int = Field(1, ge=1)
     #: Larger responses are passed through but not stored (a stream stops being recorded).
     max_entry_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    #: Longest life of an entry: every TTL (``X-Cache-TTL``, route and default TTLs) is clamped
+    #: to it. At most ten years, which Redis can always take as a ``PX`` value.
+    max_ttl_s: float = Field(30 * 86400.0, gt=0, le=10 * 365 * 86400.0)
 
 
 class RouteBatching(_Section):

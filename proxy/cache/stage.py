@@ -144,6 +144,7 @@ class ResponseCache:
 
     async def _keep(self, call: Call, key: str, reply: Reply) -> None:
         ttl_s = call.cache.ttl_s if call.cache.ttl_s is not None else self._ttl[call.path]
+        ttl_s = min(ttl_s, self.settings.max_ttl_s)
         if ttl_s <= 0:
             return
         if reply.stream is None:
