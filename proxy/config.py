@@ -87,6 +87,10 @@ class UpstreamSettings(_Section):
     #: In passthrough mode, forward the client's own credential here. ``false``: this upstream
     #: only ever gets its ``api_key`` (keeps an OpenAI key away from a local or third-party server).
     pass_client_key: bool = True
+    #: Ask for usage in every chat/completions stream (``stream_options.include_usage``), so the
+    #: cache can answer JSON requests from it; clients that did not ask get none. ``false`` for
+    #: servers that refuse ``stream_options``.
+    stream_usage: bool = True
 
     @field_validator("base_url")
     @classmethod
