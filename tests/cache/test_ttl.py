@@ -144,3 +144,31 @@ def test_the_redis_backend_survives_any_ttl(
     is_open, value = bg.run(go())
     assert not is_open
     assert value == (b"v" if ttl_s > 0 else None)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_write_redis_refuses_is_no_error_and_keeps_the_reads(
+    make_proxy: ProxyFactory,
+    fake: Fake,
+    redis_proxy_config: dict[str, Any],
+    redis_server: RedisServer,
+    stream: bool,
+) -> None:
+    """A refused SET (here: Redis out of memory) is not an outage: hits keep being served."""
+    proxy = make_proxy(deep_merge(redis_proxy_config, {"redis": {"breaker_cooldown_s": 60}}))
+    post(proxy.url, CHAT, HELLO)
+    admin = redis_server.client()
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", "1")
+    try:
+        body = {**HELLO, "messages": [{"role": "user", "content": "new"}], "stream": stream}
+        answer = post(proxy.url, CHAT, body)
+        assert (answer.status, answer.cache) == (200, "MISS")
+        assert answer.body.endswith(b"data: [DONE]\n\n" if stream else b"}")
+        assert post(proxy.url, CHAT, body).cache == "MISS"  # it was refused, not stored
+        assert post(proxy.url, CHAT, HELLO).cache == "HIT"  # and reads go on
+        backend = proxy.app[CACHE].backend
+        assert isinstance(backend, RedisBackend) and not backend.breaker.is_open
+    finally:
+        admin.config_set("maxmemory", "0")
+        admin.close()
