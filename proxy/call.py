@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -9,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 from multidict import CIMultiDict
 
-from .errors import UpstreamError
+from .errors import InvalidRequest, UpstreamError
 
 if TYPE_CHECKING:
     from .upstream import Upstream
@@ -38,7 +40,7 @@ class CacheControl:
 
     @classmethod
     def parse(cls, cache_control: str | None, x_cache_ttl: str | None) -> CacheControl:
-        if not cache_control and not x_cache_ttl:
+        if not cache_control and x_cache_ttl is None:
             return NO_CONTROL
         no_cache = no_store = only_if_cached = False
         max_age: float | None = None
@@ -51,8 +53,10 @@ class CacheControl:
             elif name == "only-if-cached":
                 only_if_cached = True
             elif name == "max-age":
-                max_age = _seconds(value.strip('"'))
-        ttl = _seconds(x_cache_ttl) if x_cache_ttl else None
+                max_age = _seconds(value.strip('"'), header="Cache-Control", what="max-age")
+        ttl = None
+        if x_cache_ttl is not None:
+            ttl = _seconds(x_cache_ttl, header="X-Cache-TTL", what="X-Cache-TTL")
         return cls(no_cache, no_store, only_if_cached, max_age, ttl)
 
     @property
@@ -61,12 +65,25 @@ class CacheControl:
         return not (self.no_cache or self.no_store)
 
 
-def _seconds(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if value >= 0 else None
+#: Seconds as a client may write them: digits, an optional fraction and exponent. Not ``inf``,
+#: ``nan``, a sign, ``0x10`` or ``1_000``, which Python's ``float`` would take.
+_SECONDS = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def _seconds(text: str, *, header: str, what: str) -> float:
+    """A finite number of seconds, 0 or more; anything else is the client's mistake (400),
+    answered before the call goes anywhere. Clamping to ``cache.max_ttl_s`` is the cache's job.
+    """
+    text = text.strip()
+    value = float(text) if _SECONDS.fullmatch(text) else math.inf
+    if not math.isfinite(value):
+        shown = text if len(text) <= 32 else text[:32] + "..."
+        raise InvalidRequest(
+            f"{what} must be a number of seconds, 0 or more (got {shown!r})",
+            param=header,
+            code="invalid_cache_header",
+        )
+    return value
 
 
 NO_CONTROL = CacheControl()

@@ -87,6 +87,10 @@ class UpstreamSettings(_Section):
     #: In passthrough mode, forward the client's own credential here. ``false``: this upstream
     #: only ever gets its ``api_key`` (keeps an OpenAI key away from a local or third-party server).
     pass_client_key: bool = True
+    #: Ask for usage in every chat/completions stream (``stream_options.include_usage``), so the
+    #: cache can answer JSON requests from it; clients that did not ask get none. ``false`` for
+    #: servers that refuse ``stream_options``.
+    stream_usage: bool = True
 
     @field_validator("base_url")
     @classmethod
@@ -172,6 +176,9 @@ class CacheSettings(_Section):
     key_version: int = Field(1, ge=1)
     #: Larger responses are passed through but not stored (a stream stops being recorded).
     max_entry_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    #: Longest life of an entry: every TTL (``X-Cache-TTL``, route and default TTLs) is clamped
+    #: to it. At most ten years, which Redis can always take as a ``PX`` value.
+    max_ttl_s: float = Field(30 * 86400.0, gt=0, le=10 * 365 * 86400.0)
 
 
 class RouteBatching(_Section):

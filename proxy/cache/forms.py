@@ -16,9 +16,7 @@ __all__ = [
     "CONVERTIBLE",
     "DONE",
     "assemble",
-    "carries_error",
     "ends_with_usage",
-    "is_complete",
     "parse_events",
     "strip_usage",
     "synthesize",
@@ -41,28 +39,6 @@ def parse_events(raw: bytes) -> list[bytes]:
     """The ``data`` payloads of an SSE text, in order (``[DONE]`` included)."""
     text = raw.replace(b"\r\n", b"\n")
     return [d for block in text.split(b"\n\n") if (d := _data_lines(block)) is not None]
-
-
-def is_complete(raw: bytes) -> bool:
-    """Whether a recorded stream ended the OpenAI way, with ``data: [DONE]``."""
-    events = parse_events(raw[-64:] if len(raw) > 64 else raw)
-    return bool(events) and events[-1].strip() == b"[DONE]"
-
-
-def carries_error(raw: bytes, *, sse: bool) -> bool:
-    """Whether a 2xx answer is an error after all: a top-level ``error`` object in the body, or
-    in an event of the stream (some servers send one mid-stream and still end with ``[DONE]``).
-    """
-    if b'"error"' not in raw:  # the usual case: no need to parse anything
-        return False
-    try:
-        if sse:
-            objects = [orjson.loads(d) for d in parse_events(raw) if d.strip() != b"[DONE]"]
-        else:
-            objects = [orjson.loads(raw)]
-    except orjson.JSONDecodeError:
-        return True  # an answer that does not read is not one to repeat
-    return any(isinstance(o, dict) and o.get("error") is not None for o in objects)
 
 
 def ends_with_usage(raw: bytes) -> bool:

@@ -80,7 +80,7 @@ class MemoryBackend:
         return item.value
 
     async def set(self, key: str, value: bytes, *, ttl_s: float) -> None:
-        if ttl_s <= 0:
+        if not ttl_s > 0:  # (also NaN)
             return
         store = self._store
         now = self._clock()

@@ -18,7 +18,7 @@ from typing import Any
 
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from ..breaker import Breaker
 from ..config import CacheSettings, RedisSettings
@@ -66,6 +66,7 @@ class RedisBackend:
         self.prefix = f"{redis.key_prefix}:cache:v{cache.key_version}:"
         self.compress_min_bytes = cache.compress_min_bytes
         self.timeout_s = redis.op_timeout_ms / 1000
+        self.max_ttl_s = cache.max_ttl_s
         self.breaker = Breaker(
             cooldown_s=redis.breaker_cooldown_s,
             name="cache redis",
@@ -89,13 +90,20 @@ class RedisBackend:
         return None if raw is None else self._unpack(raw)
 
     async def set(self, key: str, value: bytes, *, ttl_s: float) -> None:
-        ttl_ms = int(ttl_s * 1000)
-        if ttl_ms <= 0 or not self.breaker.allow():
+        # Callers clamp already; this keeps a stray TTL from raising or reaching Redis as a
+        # value it refuses (a refusal must not read as an outage: see below).
+        if not ttl_s > 0 or not self.breaker.allow():  # (also NaN)
             return
+        ttl_ms = max(1, int(min(ttl_s, self.max_ttl_s) * 1000))
         packed = self._pack(value)
         try:
             async with asyncio.timeout(self.timeout_s):
                 await self.client.set(self.prefix + key, packed, px=ttl_ms)
+        except ResponseError as exc:
+            # Redis is up and refused this one write (out of memory, say): count it, but do
+            # not stop every tenant's reads for it.
+            self._count("set", exc)
+            return
         except REDIS_ERRORS as exc:
             self._failed("set", exc)
             return
@@ -161,9 +169,13 @@ class RedisBackend:
         return None
 
     def _failed(self, op: str, exc: BaseException) -> None:
+        self._count(op, exc)
+        self.breaker.failed(op, exc)
+
+    def _count(self, op: str, exc: BaseException) -> None:
+        log.debug("cache redis %s failed: %s: %s", op, type(exc).__name__, exc)
         if self._metrics is not None:
             self._metrics.redis_errors.labels(op=op).inc()
-        self.breaker.failed(op, exc)
 
 
 def _escape(text: str) -> str:

@@ -22,16 +22,10 @@ from ..errors import NotCached, ProxyError
 from ..metrics import Metrics
 from .backend import CacheBackend
 from .entry import Entry, keep_headers
-from .forms import (
-    CONVERTIBLE,
-    assemble,
-    carries_error,
-    ends_with_usage,
-    is_complete,
-    strip_usage,
-    synthesize,
-)
+from .forms import CONVERTIBLE, assemble, ends_with_usage, strip_usage, synthesize
 from .keys import digest_of, drop_fields, is_deterministic, request_key
+from .storable import storable_json, storable_stream
+from .usage import ask_for_usage, include_usage, without_usage
 
 __all__ = ["HIT", "MISS", "BYPASS", "ResponseCache"]
 
@@ -109,9 +103,12 @@ class ResponseCache:
                 headers={"X-Cache": MISS, "X-Cache-Key": digest_of(key)},
             )
         call = call.with_key(key)  # (only now: a hit never pays for the copy)
+        # What is recorded carries usage (so it can answer JSON requests); the client gets the
+        # stream it asked for. The call with usage also shares flights with clients who asked.
+        down = ask_for_usage(call)
         tag = BYPASS if control.no_cache else MISS
         try:
-            reply = await next_stage(call)
+            reply = await next_stage(down)
         except ProxyError:
             (counters.bypasses if tag == BYPASS else counters.misses).inc()
             raise
@@ -123,6 +120,8 @@ class ResponseCache:
             (counters.bypasses if tag == BYPASS else counters.misses).inc()
         if not reply.follower and reply.ok and not _forbids_store(reply.headers):
             await self._keep(call, key, reply)
+        if down is not call and reply.stream is not None and _is_sse(reply.headers):
+            reply.stream = without_usage(reply.stream)
         return reply
 
     def _eligible(self, call: Call) -> bool:
@@ -151,15 +150,16 @@ class ResponseCache:
 
     async def _keep(self, call: Call, key: str, reply: Reply) -> None:
         ttl_s = call.cache.ttl_s if call.cache.ttl_s is not None else self._ttl[call.path]
+        ttl_s = min(ttl_s, self.settings.max_ttl_s)
         if ttl_s <= 0:
             return
         if reply.stream is None:
             body = reply.body or b""
-            if len(body) <= self.settings.max_entry_bytes and not carries_error(body, sse=False):
+            if len(body) <= self.settings.max_entry_bytes and storable_json(call.path, body):
                 entry = self._entry(reply, form="json", payload=body)
                 await self.backend.set(key, entry.encode(), ttl_s=ttl_s)
-        elif reply.headers.get("Content-Type", "").startswith("text/event-stream"):
-            reply.stream = self._record(reply, reply.stream, key=key, ttl_s=ttl_s)
+        elif _is_sse(reply.headers):
+            reply.stream = self._record(call, reply, reply.stream, key=key, ttl_s=ttl_s)
 
     def _entry(
         self, reply: Reply, *, form: str, payload: bytes, sizes: tuple[int, ...] = ()
@@ -175,11 +175,18 @@ class ResponseCache:
         )
 
     async def _record(
-        self, reply: Reply, source: AsyncIterator[bytes], *, key: str, ttl_s: float
+        self,
+        call: Call,
+        reply: Reply,
+        source: AsyncIterator[bytes],
+        *,
+        key: str,
+        ttl_s: float,
     ) -> AsyncIterator[bytes]:
         """Pass every chunk on at once, keeping a copy; store once the stream ended properly.
 
-        A stream the client left, or the upstream broke, never reaches the end of this loop.
+        A stream the client left, or the upstream broke, never reaches the end of this loop; one
+        that ended but is not whole (see :mod:`.storable`) is not stored.
         """
         chunks: list[bytes] | None = []
         size, limit = 0, self.settings.max_entry_bytes
@@ -193,7 +200,7 @@ class ResponseCache:
             yield chunk
         if chunks:
             payload = b"".join(chunks)
-            if is_complete(payload) and not carries_error(payload, sse=True):
+            if storable_stream(call.path, payload):
                 sizes = tuple(len(c) for c in chunks)
                 entry = self._entry(reply, form="sse", payload=payload, sizes=sizes)
                 await self.backend.set(key, entry.encode(), ttl_s=ttl_s)
@@ -212,10 +219,8 @@ def _mark(reply: Reply, tag: str, key: str) -> Reply:
     return reply
 
 
-def _include_usage(call: Call) -> bool:
-    assert call.json is not None
-    options = call.json.get("stream_options")
-    return isinstance(options, dict) and bool(options.get("include_usage"))
+def _is_sse(headers: CIMultiDict[str]) -> bool:
+    return headers.get("Content-Type", "").startswith("text/event-stream")
 
 
 def _hit_headers(entry: Entry, key: str, age: float, content_type: str | None) -> CIMultiDict[str]:
@@ -234,12 +239,12 @@ def _serve(call: Call, entry: Entry, key: str, age: float) -> Reply | None:
     if entry.form == "json":
         if not (call.stream and convertible):
             return Reply(entry.status, _hit_headers(entry, key, age, None), body=entry.payload)
-        chunks = synthesize(call.path, entry.payload, include_usage=_include_usage(call))
+        chunks = synthesize(call.path, entry.payload, include_usage=include_usage(call))
         if chunks is None:
             return None
         return _stream_reply(entry, key, age, chunks)
     if call.stream:
-        wants_usage = _include_usage(call)
+        wants_usage = include_usage(call)
         if wants_usage == entry.has_usage:
             return _stream_reply(entry, key, age, entry.chunks(), keep_type=True)
         if not entry.has_usage:

@@ -50,10 +50,11 @@ class InputCache:
         return request_key(call, settings=self.settings, drop=self._drop, extra=extra)
 
     def ttl_s(self, call: Call) -> float:
-        """``X-Cache-TTL`` (``0``: store nothing), else the route's TTL."""
-        if call.cache.ttl_s is not None:
-            return call.cache.ttl_s
-        return self.settings.route_ttl_s.get(call.path, self.settings.default_ttl_s)
+        """``X-Cache-TTL`` (``0``: store nothing), else the route's TTL; at most ``max_ttl_s``."""
+        ttl_s = call.cache.ttl_s
+        if ttl_s is None:
+            ttl_s = self.settings.route_ttl_s.get(call.path, self.settings.default_ttl_s)
+        return min(ttl_s, self.settings.max_ttl_s)
 
     async def answer(self, call: Call, parsed: Parsed, send: Send) -> Reply:
         """Answer ``call`` from cached inputs, sending only the missing ones on with ``send``."""

@@ -77,7 +77,9 @@ def test_stream_replay_keeps_bytes_and_chunk_boundaries(
         fake.state.chunk_delay_ms = 5
 
     bg.call(pace)
+    # (Asked as recorded: a client that did not ask for usage gets the stream without it.)
     body = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}
+    body["stream_options"] = {"include_usage": True}
     _, direct = http_chunks(bg, f"{fake.url}/chat/completions", body)
     miss_headers, miss = http_chunks(bg, f"{proxy.base_url}/chat/completions", body)
     hit_headers, hit = http_chunks(bg, f"{proxy.base_url}/chat/completions", body)
@@ -182,8 +184,10 @@ def test_stream_with_usage_serves_a_stream_without(make_proxy: ProxyFactory, fak
 
 
 def test_stream_without_usage_cannot_answer_for_usage(make_proxy: ProxyFactory, fake: Fake) -> None:
-    """Usage cannot be made up: such a request goes upstream, and its answer serves both."""
-    client = make_proxy().client()
+    """Usage cannot be made up: with an upstream that is not asked for it in streams
+    (``stream_usage: false``), a JSON request goes upstream, and its answer serves both."""
+    upstream = {"name": "fake", "base_url": fake.url, "models": ["*"], "stream_usage": False}
+    client = make_proxy({"upstreams": [upstream]}).client()
     assert _chat_any(client, stream=True, usage=False)[0] == "MISS"
     assert _chat_any(client, stream=False, usage=False)[0] == "MISS"
     assert _chat_any(client, stream=True, usage=True)[0] == "HIT"  # from the JSON answer

@@ -11,13 +11,14 @@ from multidict import CIMultiDict
 from proxy.cache.forms import assemble, synthesize
 from proxy.cache.stage import ResponseCache
 from proxy.call import CacheControl, Call, Reply
-from proxy.config import CacheSettings
+from proxy.config import CacheSettings, UpstreamSettings
 from proxy.metrics import Metrics
 from tests.cache.conftest import make_memory
 
 
 class _Upstream:
     name = "fake"
+    settings = UpstreamSettings(name="fake", base_url="http://fake.invalid")
 
 
 def _call(**changes: Any) -> Call:
@@ -104,7 +105,9 @@ async def test_recording_keeps_the_closer_and_passes_chunks_at_once() -> None:
         return Reply(200, headers, stream=source(), closer=closer)
 
     cache = _cache()
-    reply = await cache.wrap(below)(_call(stream=True))
+    data = {"model": "m", "messages": [], "stream_options": {"include_usage": True}}
+    streamed = _call(stream=True, json=data, body=orjson.dumps(data))
+    reply = await cache.wrap(below)(streamed)
     assert reply.stream is not None
     i = 0
     async for chunk in reply.stream:
@@ -112,8 +115,26 @@ async def test_recording_keeps_the_closer_and_passes_chunks_at_once() -> None:
         i += 1
     await reply.aclose()
     assert closed == [True]
-    hit = await cache.wrap(below)(_call(stream=True))
+    hit = await cache.wrap(below)(streamed)
     assert hit.headers["X-Cache"] == "HIT"
+
+
+async def test_a_stream_goes_down_asking_for_usage_under_the_same_key() -> None:
+    seen: list[Call] = []
+
+    async def below(call: Call) -> Reply:
+        seen.append(call)
+        return Reply(200, CIMultiDict({"Content-Type": "application/json"}), body=BODY)
+
+    stage = _cache().wrap(below)
+    await stage(_call(stream=True, cache=CacheControl.parse("no-cache", None)))
+    await stage(_call(cache=CacheControl.parse("no-cache", None)))
+    streamed, plain = seen
+    assert streamed.key == plain.key
+    assert streamed.json is not None and plain.json is not None
+    assert streamed.json["stream_options"] == {"include_usage": True}
+    assert orjson.loads(streamed.body) == streamed.json
+    assert "stream_options" not in plain.json
 
 
 def _chat_json() -> bytes:
