@@ -44,6 +44,13 @@ class Outcome:
     kind: Literal["completed", "failed", "retry"]
     result: dict[str, Any] = field(default_factory=dict)
     retry_after_s: float = 0.0
+    #: The HTTP status of the attempt: the upstream's, or the proxy's own error's.
+    status: int | None = None
+
+    def last_error(self) -> dict[str, Any]:
+        """``{status, code, message}`` of a failed attempt, for the job while it waits."""
+        error = self.result.get("error", {})
+        return {"status": self.status, "code": error.get("code"), "message": error.get("message")}
 
 
 def retry_after_s(headers: Mapping[str, str]) -> float:
@@ -88,8 +95,8 @@ def classify(reply: Reply, body: bytes) -> Outcome:
         return Outcome("completed", {"response": response})
     error = {"error": _upstream_error(reply.status, body)}
     if reply.status in RETRY_STATUSES or reply.status >= 500:
-        return Outcome("retry", error, retry_after_s(reply.headers))
-    return Outcome("failed", error)
+        return Outcome("retry", error, retry_after_s(reply.headers), reply.status)
+    return Outcome("failed", error, status=reply.status)
 
 
 def _proxy_error(exc: ProxyError) -> dict[str, Any]:
@@ -241,7 +248,7 @@ class Worker:
             reply = await self.pipeline(call)
             body = await reply.read()
         except UpstreamError as exc:
-            return Outcome("retry", _proxy_error(exc))
+            return Outcome("retry", _proxy_error(exc), status=exc.status)
         except ProxyError as exc:
             return Outcome("failed", _proxy_error(exc))
         return classify(reply, body)
@@ -280,7 +287,9 @@ class Worker:
     async def _store_outcome(self, job: Job, outcome: Outcome, status: JobStatus | None) -> None:
         if outcome.kind == "retry" and job.attempts < self.settings.max_attempts:
             delay = max(min(outcome.retry_after_s, MAX_RETRY_AFTER_S), self.backoff_s(job.attempts))
-            if await self.store.retry(job.id, job.token, run_at=time.time() + delay):
+            run_at = time.time() + delay
+            last_error = outcome.last_error()
+            if await self.store.retry(job.id, job.token, run_at=run_at, last_error=last_error):
                 self.metrics.jobs.labels(status="retried").inc()
             return
         if status is None:

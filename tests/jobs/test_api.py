@@ -90,6 +90,26 @@ def test_429_retry_after_is_waited_out(jobs_proxy: JobsProxy, fake: Fake) -> Non
     assert time.monotonic() - start >= 1.0
 
 
+def test_a_job_waiting_for_its_next_attempt_says_why_and_when(
+    jobs_proxy: JobsProxy, fake: Fake
+) -> None:
+    p = jobs_proxy()
+    err = {"error": {"message": "slow down", "type": "rate_limit_error", "code": "rate_limit"}}
+    _script(fake, Scripted(429, err, headers={"Retry-After": "3"}))
+    job = http("POST", f"{p.url}/v1/jobs", {"endpoint": "/v1/chat/completions", "body": CHAT})
+    url = f"{p.url}/v1/jobs/{job.json()['id']}"
+    waiting = wait_for(
+        lambda: (j := http("GET", url).json())["status"] == "queued" and "last_error" in j and j,
+        what="the job to wait for its second attempt",
+    )
+    assert waiting["attempts"] == 1
+    assert waiting["last_error"] == {"status": 429, "code": "rate_limit", "message": "slow down"}
+    assert time.time() + 1 < waiting["next_attempt_at"] <= time.time() + 4
+    done = finished(p.url, waiting["id"])
+    assert done["status"] == "completed" and "last_error" not in done
+    assert "next_attempt_at" not in done
+
+
 def test_400_fails_at_once_with_the_upstream_error(jobs_proxy: JobsProxy, fake: Fake) -> None:
     p = jobs_proxy()
     err = {"error": {"message": "bad messages", "type": "invalid_request_error", "code": "x"}}
