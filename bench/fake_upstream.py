@@ -5,7 +5,8 @@ and `created` is fixed, so a reply through the proxy can be compared byte for by
 one. Tests steer and inspect it through `app[STATE]` (a `FakeState`).
 
 Routes, all under `/v1`: `POST chat/completions`, `POST completions`, `POST embeddings`,
-`POST moderations`, `GET models`, `GET models/{id}`; any other `/v1/...` request gets a JSON echo
+`POST moderations`, `POST audio/speech` (binary audio bytes), `GET models`, `GET models/{id}`;
+any other `/v1/...` request gets a JSON echo
 of what arrived. `GET /_fake/stats` and `POST /_fake/reset` are out-of-band controls for the
 benchmark runner; they are not counted or recorded.
 
@@ -587,6 +588,17 @@ async def _moderations(request: web.Request) -> web.StreamResponse:
         return _json_response(reply, digest)
 
 
+async def _speech(request: web.Request) -> web.StreamResponse:
+    """Binary "audio": a fixed header, the request's hash and every byte value (bytes that are
+    not UTF-8 among them), so that a body stored as text would show."""
+    body = await request.read()
+    digest = _digest(body)
+    async with request.app[STATE].admission():
+        audio = b"ID3\x04\x00" + hashlib.sha256(body).digest() + bytes(range(256))
+        headers = _headers(digest, {**_STATIC_HEADERS, "Content-Type": "audio/mpeg"})
+        return web.Response(body=audio, headers=headers)
+
+
 # --- models, echo, controls --------------------------------------------------------------------
 
 
@@ -747,6 +759,7 @@ def create_fake_upstream(
     router.add_post("/v1/completions", _completions)
     router.add_post("/v1/embeddings", _embeddings)
     router.add_post("/v1/moderations", _moderations)
+    router.add_post("/v1/audio/speech", _speech)
     router.add_get("/v1/models", _list_models, allow_head=False)
     router.add_get("/v1/models/{model:.+}", _get_model, allow_head=False)
     router.add_route("*", "/v1/{tail:.*}", _echo)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from .auth import Authenticator
 from .cache import add_cache_routes, cache_ctx
@@ -34,6 +32,7 @@ from .keys import (
 )
 from .metrics import Metrics
 from .middlewares import auth_middleware, error_middleware
+from .readiness import Readiness, redis_ping
 from .redis_client import open_redis
 from .upstream import Router, Upstream
 
@@ -47,8 +46,6 @@ REDIS_MAX_CONNECTIONS = 512
 REDIS_POOL_TIMEOUT_S = 2.0
 #: A Redis that takes longer to accept a connection counts as down.
 REDIS_CONNECT_TIMEOUT_S = 1.0
-#: ``/readyz`` answers in time even when Redis accepts connections but never replies.
-READY_CHECK_TIMEOUT_S = 1.0
 
 
 async def upstream_stage(call: Call) -> Reply:
@@ -69,16 +66,8 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
     )
     app[REDIS] = client
-
-    async def check() -> str | None:
-        try:
-            async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
-                await client.ping()
-        except (TimeoutError, RedisError, OSError) as exc:
-            return f"redis unreachable: {type(exc).__name__}"
-        return None
-
-    app[READINESS]["redis"] = check
+    problem = "redis unreachable: coalescing within this replica only"
+    app[READINESS].add_check("redis", redis_ping(client, problem))
     try:
         yield
     finally:
@@ -127,6 +116,16 @@ async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def readiness_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Ready (and healing watched breakers) from here; not ready again from the first cleanup."""
+    readiness = app[READINESS]
+    await readiness.start()
+    try:
+        yield
+    finally:
+        await readiness.stop()
+
+
 def create_app(settings: Settings) -> web.Application:
     """Build the proxy application; every resource opens in a cleanup context."""
     auth = Authenticator(settings.auth)
@@ -137,7 +136,9 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[AUTH] = auth
     app[METRICS] = Metrics()
-    app[READINESS] = {}
+    app[READINESS] = Readiness(
+        requires_redis=settings.server.ready_requires_redis, gauge=app[METRICS].degraded
+    )
     # Order matters: each context may use what the ones before it opened.
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(upstreams_ctx)
@@ -146,6 +147,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(coalesce_ctx)
     app.cleanup_ctx.append(pipeline_ctx)
     app.cleanup_ctx.append(jobs_ctx)
+    app.cleanup_ctx.append(readiness_ctx)  # last: ready once everything else has started
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

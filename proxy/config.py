@@ -65,6 +65,8 @@ class ServerSettings(_Section):
     #: Seconds to finish in-flight requests on shutdown.
     shutdown_timeout_s: float = Field(10.0, ge=0)
     access_log: bool = False
+    #: ``/readyz`` answers 503 while a Redis-backed part is degraded (default: 200, naming it).
+    ready_requires_redis: bool = False
 
 
 class UpstreamSettings(_Section):

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .handlers.models import ModelList
     from .handlers.proxy import ProxyDoor
     from .metrics import Metrics
+    from .readiness import Readiness
     from .upstream import Router
 
 __all__ = [
@@ -41,8 +42,8 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 MODEL_LIST: web.AppKey[ModelList] = web.AppKey("model_list")
 #: ``redis.asyncio.Redis`` when ``redis.url`` is set, else ``None``.
 REDIS: web.AppKey[Any] = web.AppKey("redis")
-#: ``/readyz`` checks: name -> async callable returning an error text, or ``None`` when fine.
-READINESS: web.AppKey[dict[str, Any]] = web.AppKey("readiness")
+#: ``/readyz``: the degraded-part checks, and the starting/draining state (``.drain()``).
+READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 
 #: Pipeline stages, each ``None`` when switched off; composed by ``app.pipeline_ctx`` as
 #: cache -> singleflight -> batcher -> upstream.

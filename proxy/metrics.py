@@ -65,6 +65,13 @@ class Metrics:
         )
         # Jobs.
         self.jobs = Counter("llm_proxy_jobs", "Job state changes", ["status"], registry=r)
+        # Readiness (proxy.readiness): 1 while a part is degraded, as of the last check.
+        self.degraded = Gauge(
+            "llm_proxy_degraded",
+            "1 while a part is degraded (cache off, job store unavailable), by part",
+            ["part"],
+            registry=r,
+        )
 
     def hit_rate(self) -> float:
         """Hits / all cacheable requests (the design notes' 缓存命中率)."""

@@ -55,11 +55,15 @@ async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
     backend = open_backend(settings, metrics)
     app[CACHE] = ResponseCache(settings=settings.cache, backend=backend, metrics=metrics)
-
-    async def ready() -> str | None:
-        return backend.problem()
-
-    app[READINESS]["cache"] = ready
+    if isinstance(backend, RedisBackend):
+        # Degraded while the breaker is open; a background probe closes it when Redis is back.
+        app[READINESS].watch(
+            "cache",
+            backend.breaker,
+            backend.client.ping,
+            timeout_s=backend.timeout_s,
+            problem="cache off: its Redis is unavailable (circuit breaker open)",
+        )
     try:
         yield
     finally:

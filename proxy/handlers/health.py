@@ -1,8 +1,6 @@
-"""``/healthz`` (alive), ``/readyz`` (ready: config loaded, Redis reachable when configured)."""
+"""``/healthz`` (alive), ``/readyz`` (can serve; degraded parts named: see ``proxy.readiness``)."""
 
 from __future__ import annotations
-
-import asyncio
 
 from aiohttp import web
 
@@ -16,16 +14,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    checks = request.app[READINESS]
-    names = list(checks)
-    results = await asyncio.gather(*(checks[n]() for n in names))
-    problems = {n: r for n, r in zip(names, results, strict=True) if r is not None}
-    status = 503 if problems else 200
-    return web.json_response(
-        {"status": "not ready" if problems else "ready", "problems": problems}, status=status
-    )
+    status, body = await request.app[READINESS].report()
+    return web.json_response(body, status=status)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
+    await request.app[READINESS].degraded()  # the llm_proxy_degraded gauge as of this scrape
     body = request.app[METRICS].export()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})

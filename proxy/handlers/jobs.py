@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any
 
@@ -110,6 +111,25 @@ async def get_job(request: web.Request) -> web.StreamResponse:
     return _json(job.public())
 
 
+async def job_content(request: web.Request) -> web.StreamResponse:
+    """The completed job's answer as the upstream sent it: its bytes and its content type."""
+    job = await _service(request).get(request[IDENTITY], request.match_info["job_id"])
+    if job.status != "completed" or job.result is None or "response" not in job.result:
+        raise InvalidRequest(
+            f"The job is {job.status}: only a completed job has content",
+            code="job_not_completed",
+        )
+    response: dict[str, Any] = job.result["response"]
+    content_type = response.get("content_type") or "application/json"
+    if "body_base64" in response:
+        body = base64.b64decode(response["body_base64"])
+    elif isinstance(response.get("body"), str) and "content_type" in response:
+        body = response["body"].encode()
+    else:
+        body = orjson.dumps(response.get("body"))
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
 def _limit(request: web.Request) -> int:
     text = request.query.get("limit", "20")
     try:
@@ -154,5 +174,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/jobs", submit)
     app.router.add_get("/v1/jobs", list_jobs, allow_head=False)
     app.router.add_get("/v1/jobs/{job_id}", get_job, allow_head=False)
+    app.router.add_get("/v1/jobs/{job_id}/content", job_content, allow_head=False)
     app.router.add_delete("/v1/jobs/{job_id}", delete_job)
     app.router.add_post("/v1/jobs/{job_id}/cancel", cancel_job)

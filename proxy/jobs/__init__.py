@@ -16,7 +16,8 @@ from aiohttp import web
 
 from ..config import Settings
 from ..handlers import jobs as handlers
-from ..keys import DOOR, JOBS, METRICS, PIPELINE, SETTINGS
+from ..keys import DOOR, JOBS, METRICS, PIPELINE, READINESS, SETTINGS
+from ..readiness import redis_ping
 from ..redis_client import open_redis
 from .limits import MemoryBuckets, RateLimiter, RedisBuckets, bucket_limits
 from .memory import MemoryJobStore
@@ -72,6 +73,8 @@ async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
         return
     redis = _redis(settings) if settings.jobs_on_redis else None
     store, limiter = _store(redis, settings)
+    if redis is not None:
+        app[READINESS].add_check("jobs", redis_ping(redis, "job store unavailable"))
     session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
     webhooks = None
     if settings.jobs.webhook_secret is not None:

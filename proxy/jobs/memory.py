@@ -114,11 +114,14 @@ class MemoryJobStore:
         self._done(job, now)
         return job
 
-    async def retry(self, job_id: str, token: str, *, run_at: float) -> bool:
+    async def retry(
+        self, job_id: str, token: str, *, run_at: float, last_error: dict[str, Any] | None = None
+    ) -> bool:
         job = self._held(job_id, token)
         if job is None:
             return False
-        self._back(replace(job, status="queued", token="", score=run_at))
+        last_error = job.last_error if last_error is None else last_error
+        self._back(replace(job, status="queued", token="", score=run_at, last_error=last_error))
         return True
 
     async def release(self, job_id: str, token: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from dataclasses import dataclass, field, replace
@@ -80,6 +81,8 @@ class Job:
     result: dict[str, Any] | None = None
     #: Times a result was recorded: exactly once per finished job (tests check it).
     writes: int = 0
+    #: ``{"status", "code", "message"}`` of the last failed attempt that is to be retried.
+    last_error: dict[str, Any] | None = None
 
     @property
     def finished(self) -> bool:
@@ -101,6 +104,11 @@ class Job:
             out["callback_url"] = self.callback_url
         if self.completed_at is not None:
             out["completed_at"] = int(self.completed_at)
+        if self.last_error is not None and not self.finished:
+            # Why the job is waiting, and until when (the queue's score is its due time).
+            out["last_error"] = self.last_error
+            if self.status == "queued":
+                out["next_attempt_at"] = math.ceil(self.score)
         if self.result:
             out.update(self.result)
         return out
@@ -150,6 +158,7 @@ class Job:
         result = raw.get(b"result")
         completed = raw.get(b"completed_at")
         credential = raw.get(b"credential")
+        last_error = raw.get(b"last_error")
         return cls(
             id=job_id,
             tenant=raw[b"tenant"].decode(),
@@ -170,4 +179,5 @@ class Job:
             completed_at=float(completed) if completed else None,
             result=orjson.loads(result) if result else None,
             writes=int(raw.get(b"writes", b"0")),
+            last_error=orjson.loads(last_error) if last_error else None,
         )

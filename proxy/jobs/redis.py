@@ -153,7 +153,7 @@ return redis.call('HGETALL', KEYS[1])
 # Back to the queue (a retry at `score`, or a release in the old place with the attempt not
 # counted); a job whose cancel was asked for is cancelled instead.
 # KEYS: job, leases, queue, active, expiry. ARGV: token, score ('' keeps it), id,
-# attempts delta, now, ttl ms, cancelled result.
+# attempts delta, now, ttl ms, cancelled result, last error ('' keeps it).
 _REQUEUE = (
     _DONE
     + """
@@ -168,6 +168,7 @@ local score = ARGV[2]
 if score == '' then score = f[5] end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'token', '', 'score', score)
 redis.call('HINCRBY', KEYS[1], 'attempts', tonumber(ARGV[4]))
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'last_error', ARGV[8]) end
 redis.call('ZADD', KEYS[3], score, ARGV[3])
 return 1
 """
@@ -206,7 +207,7 @@ return 1
 #: Fields a list needs (not the body or the credential).
 _LIST_FIELDS = (
     "tenant", "status", "attempts", "score", "doc", "token", "writes", "cancel",
-    "completed_at", "result",
+    "completed_at", "result", "last_error",
 )  # fmt: skip
 
 
@@ -343,17 +344,22 @@ class RedisJobStore:
             return None
         return Job.from_fields(job_id, dict(zip(raw[::2], raw[1::2], strict=True)))
 
-    async def retry(self, job_id: str, token: str, *, run_at: float) -> bool:
-        return await self._back(job_id, token, score=repr(run_at), attempts=0)
+    async def retry(
+        self, job_id: str, token: str, *, run_at: float, last_error: dict[str, Any] | None = None
+    ) -> bool:
+        error = b"" if last_error is None else orjson.dumps(last_error)
+        return await self._back(job_id, token, score=repr(run_at), attempts=0, error=error)
 
     async def release(self, job_id: str, token: str) -> bool:
-        return await self._back(job_id, token, score="", attempts=-1)
+        return await self._back(job_id, token, score="", attempts=-1, error=b"")
 
-    async def _back(self, job_id: str, token: str, *, score: str, attempts: int) -> bool:
+    async def _back(
+        self, job_id: str, token: str, *, score: str, attempts: int, error: bytes
+    ) -> bool:
         k = self.keys
         keys = [k.job(job_id), k.leases, k.queue, k.active, k.expiry]
         argv: list[Any] = [token, score, job_id, attempts, repr(time.time()), self._ttl_ms]
-        argv.append(self._cancelled)
+        argv += [self._cancelled, error]
         return bool(await self._op(self._requeue(keys, argv)))
 
     async def cancel(self, job_id: str, *, now: float) -> Job | None:

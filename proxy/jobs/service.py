@@ -54,23 +54,32 @@ def check_options(body: Mapping[str, Any], settings: JobsSettings) -> dict[str, 
         )
     callback = body.get("callback_url")
     if callback is not None:
-        if not isinstance(callback, str) or not callback_allowed(callback, settings.callback_allow):
-            raise InvalidRequest(
-                "'callback_url' must be an http(s) URL on a host allowed by jobs.callback_allow",
-                param="callback_url",
-                code="callback_not_allowed",
-            )
-        if settings.webhook_secret is None:
-            raise InvalidRequest(
-                "Webhooks are not configured on this proxy (jobs.webhook_secret is unset)",
-                param="callback_url",
-                code="callback_not_allowed",
-            )
+        _check_callback(callback, settings)
     return {
         "run_after": None if run_after is None else int(run_after),
         "callback_url": callback,
         "metadata": _metadata(body.get("metadata")),
     }
+
+
+def _check_callback(callback: object, settings: JobsSettings) -> None:
+    """Refuse a ``callback_url`` naming everything the operator must change, not one at a time."""
+    allowed = isinstance(callback, str) and callback_allowed(callback, settings.callback_allow)
+    missing = [] if allowed or settings.callback_allow else ["jobs.callback_allow"]
+    if settings.webhook_secret is None:
+        missing.append("jobs.webhook_secret")
+    if missing:
+        raise InvalidRequest(
+            "Webhooks are not configured on this proxy: set " + " and ".join(missing),
+            param="callback_url",
+            code="callback_not_allowed",
+        )
+    if not allowed:
+        raise InvalidRequest(
+            "'callback_url' must be an http(s) URL on a host allowed by jobs.callback_allow",
+            param="callback_url",
+            code="callback_not_allowed",
+        )
 
 
 def _metadata(value: Any) -> dict[str, str]:

@@ -53,8 +53,11 @@ class JobStore(Protocol):
         """Record the result if ``token`` still holds the job; the finished job, else ``None``."""
         ...
 
-    async def retry(self, job_id: str, token: str, *, run_at: float) -> bool:
-        """Back to the queue, due at ``run_at``, if ``token`` still holds the job."""
+    async def retry(
+        self, job_id: str, token: str, *, run_at: float, last_error: dict[str, Any] | None = None
+    ) -> bool:
+        """Back to the queue, due at ``run_at``, if ``token`` still holds the job; the job
+        keeps ``last_error`` (why it waits) until its next attempt is recorded."""
         ...
 
     async def release(self, job_id: str, token: str) -> bool:

@@ -7,6 +7,7 @@ beside a heartbeat that renews its lease and notices a cancel asked for on any r
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import email.utils
 import logging
@@ -44,6 +45,13 @@ class Outcome:
     kind: Literal["completed", "failed", "retry"]
     result: dict[str, Any] = field(default_factory=dict)
     retry_after_s: float = 0.0
+    #: The HTTP status of the attempt: the upstream's, or the proxy's own error's.
+    status: int | None = None
+
+    def last_error(self) -> dict[str, Any]:
+        """``{status, code, message}`` of a failed attempt, for the job while it waits."""
+        error = self.result.get("error", {})
+        return {"status": self.status, "code": error.get("code"), "message": error.get("message")}
 
 
 def retry_after_s(headers: Mapping[str, str]) -> float:
@@ -62,34 +70,55 @@ def retry_after_s(headers: Mapping[str, str]) -> float:
     return 0.0
 
 
-def _body(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body.decode("utf-8", "replace")
+def _is_json(mime: str) -> bool:
+    return not mime or mime == "application/json" or mime.endswith("+json")
 
 
-def _upstream_error(status: int, body: bytes) -> dict[str, Any]:
+def response_body(body: bytes, content_type: str | None) -> dict[str, Any]:
+    """How a job keeps an upstream's answer: unchanged, whatever its bytes.
+
+    JSON as ``{"body": <the JSON value>}``; text (and JSON that does not parse) as a string
+    ``body`` with its ``content_type``; anything else (audio, images) as ``body_base64`` with its
+    ``content_type``, so the bytes come back exactly.
+    """
+    content_type = content_type or ""
+    mime = content_type.partition(";")[0].strip().lower()
+    if _is_json(mime):
+        try:
+            return {"body": orjson.loads(body)}
+        except orjson.JSONDecodeError:
+            pass
+    if _is_json(mime) or mime.startswith("text/"):
+        try:
+            return {"body": body.decode("utf-8"), "content_type": content_type}
+        except UnicodeDecodeError:
+            pass
+    return {"body_base64": base64.b64encode(body).decode("ascii"), "content_type": content_type}
+
+
+def _upstream_error(status: int, body: bytes, content_type: str | None) -> dict[str, Any]:
     """The error object of a failed attempt, with the upstream's response."""
-    parsed = _body(body)
+    kept = response_body(body, content_type)
+    parsed = kept.get("body")
     inner = parsed.get("error") if isinstance(parsed, dict) else None
     inner = inner if isinstance(inner, dict) else {}
     return {
         "message": str(inner.get("message") or f"upstream answered {status}"),
         "type": str(inner.get("type") or "upstream_error"),
         "code": inner.get("code"),
-        "response": {"status_code": status, "body": parsed},
+        "response": {"status_code": status, **kept},
     }
 
 
 def classify(reply: Reply, body: bytes) -> Outcome:
+    content_type = reply.headers.get("Content-Type")
     if reply.ok:
-        response = {"status_code": reply.status, "body": _body(body)}
+        response = {"status_code": reply.status, **response_body(body, content_type)}
         return Outcome("completed", {"response": response})
-    error = {"error": _upstream_error(reply.status, body)}
+    error = {"error": _upstream_error(reply.status, body, content_type)}
     if reply.status in RETRY_STATUSES or reply.status >= 500:
-        return Outcome("retry", error, retry_after_s(reply.headers))
-    return Outcome("failed", error)
+        return Outcome("retry", error, retry_after_s(reply.headers), reply.status)
+    return Outcome("failed", error, status=reply.status)
 
 
 def _proxy_error(exc: ProxyError) -> dict[str, Any]:
@@ -241,7 +270,7 @@ class Worker:
             reply = await self.pipeline(call)
             body = await reply.read()
         except UpstreamError as exc:
-            return Outcome("retry", _proxy_error(exc))
+            return Outcome("retry", _proxy_error(exc), status=exc.status)
         except ProxyError as exc:
             return Outcome("failed", _proxy_error(exc))
         return classify(reply, body)
@@ -280,7 +309,9 @@ class Worker:
     async def _store_outcome(self, job: Job, outcome: Outcome, status: JobStatus | None) -> None:
         if outcome.kind == "retry" and job.attempts < self.settings.max_attempts:
             delay = max(min(outcome.retry_after_s, MAX_RETRY_AFTER_S), self.backoff_s(job.attempts))
-            if await self.store.retry(job.id, job.token, run_at=time.time() + delay):
+            run_at = time.time() + delay
+            last_error = outcome.last_error()
+            if await self.store.retry(job.id, job.token, run_at=run_at, last_error=last_error):
                 self.metrics.jobs.labels(status="retried").inc()
             return
         if status is None:

@@ -21,16 +21,18 @@ def test_healthz_and_readyz(proxy: Proxy) -> None:
     assert ready.status == 200 and ready.json()["status"] == "ready"
 
 
-def test_readyz_follows_redis(
+def test_readyz_follows_redis_in_the_strict_form(
     make_proxy: ProxyFactory, redis_server: RedisServer, redis_url: str
 ) -> None:
-    proxy = make_proxy({"redis": {"url": redis_url}})
+    """``server.ready_requires_redis: true``: not ready while Redis is away (the default form is
+    in tests/core/test_readiness.py)."""
+    proxy = make_proxy({"redis": {"url": redis_url}, "server": {"ready_requires_redis": True}})
     assert http.get(f"{proxy.url}/readyz").status == 200
     redis_server.kill()
     try:
         down = http.get(f"{proxy.url}/readyz")
         assert down.status == 503
-        assert "redis" in down.json()["problems"]
+        assert {"redis", "jobs"} <= set(down.json()["problems"])
         # Liveness does not depend on Redis.
         assert http.get(f"{proxy.url}/healthz").status == 200
     finally:
@@ -43,11 +45,18 @@ def test_readyz_answers_when_redis_accepts_but_never_replies(make_proxy: ProxyFa
         silent.bind(("127.0.0.1", 0))
         silent.listen(64)
         url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
-        proxy = make_proxy({"redis": {"url": url}, "jobs": {"store": "memory"}})
-        started = time.monotonic()
-        down = http.get(f"{proxy.url}/readyz", timeout=10)
-        assert down.status == 503 and "redis" in down.json()["problems"]
-        assert time.monotonic() - started < 3  # about READY_CHECK_TIMEOUT_S (1 s)
+        for strict, status in ((False, 200), (True, 503)):
+            proxy = make_proxy(
+                {
+                    "redis": {"url": url},
+                    "jobs": {"store": "memory"},
+                    "server": {"ready_requires_redis": strict},
+                }
+            )
+            started = time.monotonic()
+            down = http.get(f"{proxy.url}/readyz", timeout=10)
+            assert down.status == status and "redis" in down.json()["degraded"]
+            assert time.monotonic() - started < 3  # about readiness.CHECK_TIMEOUT_S (1 s)
 
 
 def test_metrics_endpoint_counts_upstream_errors(make_proxy: ProxyFactory) -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Callable
+
+import pytest
 
 from bench.fake_upstream import Scripted
 from tests.conftest import KEY_B, Fake, Proxy
@@ -88,6 +92,26 @@ def test_429_retry_after_is_waited_out(jobs_proxy: JobsProxy, fake: Fake) -> Non
     done = finished(p.url, job.json()["id"])
     assert done["status"] == "completed" and done["attempts"] == 2
     assert time.monotonic() - start >= 1.0
+
+
+def test_a_job_waiting_for_its_next_attempt_says_why_and_when(
+    jobs_proxy: JobsProxy, fake: Fake
+) -> None:
+    p = jobs_proxy()
+    err = {"error": {"message": "slow down", "type": "rate_limit_error", "code": "rate_limit"}}
+    _script(fake, Scripted(429, err, headers={"Retry-After": "3"}))
+    job = http("POST", f"{p.url}/v1/jobs", {"endpoint": "/v1/chat/completions", "body": CHAT})
+    url = f"{p.url}/v1/jobs/{job.json()['id']}"
+    waiting = wait_for(
+        lambda: (j := http("GET", url).json())["status"] == "queued" and "last_error" in j and j,
+        what="the job to wait for its second attempt",
+    )
+    assert waiting["attempts"] == 1
+    assert waiting["last_error"] == {"status": 429, "code": "rate_limit", "message": "slow down"}
+    assert time.time() + 1 < waiting["next_attempt_at"] <= time.time() + 4
+    done = finished(p.url, waiting["id"])
+    assert done["status"] == "completed" and "last_error" not in done
+    assert "next_attempt_at" not in done
 
 
 def test_400_fails_at_once_with_the_upstream_error(jobs_proxy: JobsProxy, fake: Fake) -> None:
@@ -237,3 +261,61 @@ def test_rate_limit_spreads_the_work(jobs_proxy: JobsProxy, fake: Fake) -> None:
         assert finished(p.url, job_id)["status"] == "completed"
     # A burst of one second's worth (5), then one every 0.2 s.
     assert time.monotonic() - start >= 0.8
+
+
+def test_a_binary_answer_is_kept_byte_exact(jobs_proxy: JobsProxy, fake: Fake) -> None:
+    """Audio through ``Prefer: respond-async``: bytes that are not UTF-8 come back unchanged,
+    in the job object (base64) and from ``/content`` (raw, with the upstream's content type)."""
+    p = jobs_proxy()
+    speech = {"model": "tts-1", "input": "hello", "voice": "alloy"}
+    sync = http("POST", f"{p.url}/v1/audio/speech", speech)
+    assert sync.status == 200 and sync.headers["Content-Type"] == "audio/mpeg"
+    with pytest.raises(UnicodeDecodeError):
+        sync.body.decode("utf-8")  # the point of the test: not text
+    resp = http("POST", f"{p.url}/v1/audio/speech", speech, headers={"Prefer": "respond-async"})
+    assert resp.status == 202, resp.body
+    done = finished(p.url, resp.json()["id"])
+    assert done["status"] == "completed"
+    response = done["response"]
+    assert response["status_code"] == 200 and "body" not in response
+    assert response["content_type"] == "audio/mpeg"
+    assert base64.b64decode(response["body_base64"]) == sync.body
+    raw = http("GET", f"{p.url}/v1/jobs/{done['id']}/content")
+    assert raw.status == 200 and raw.body == sync.body
+    assert raw.headers["Content-Type"] == "audio/mpeg"
+
+
+def test_text_and_json_answers_keep_their_form(jobs_proxy: JobsProxy, fake: Fake) -> None:
+    p = jobs_proxy()
+    text = "1\n00:00:00,000 --> 00:00:01,000\nhéllo\n"
+    _script(
+        fake,
+        Scripted(200, text.encode(), headers={"Content-Type": "text/plain; charset=utf-8"}),
+    )
+    body = {"endpoint": "/v1/audio/transcriptions", "body": {"model": "whisper-1"}}
+    job = http("POST", f"{p.url}/v1/jobs", body).json()
+    done = finished(p.url, job["id"])
+    assert done["response"] == {
+        "status_code": 200,
+        "body": text,
+        "content_type": "text/plain; charset=utf-8",
+    }
+    raw = http("GET", f"{p.url}/v1/jobs/{job['id']}/content")
+    assert raw.body == text.encode() and raw.headers["Content-Type"].startswith("text/plain")
+    # JSON answers are as they were: the parsed body, no content type.
+    job = http("POST", f"{p.url}/v1/jobs", {"endpoint": "/v1/chat/completions", "body": CHAT})
+    done = finished(p.url, job.json()["id"])
+    assert set(done["response"]) == {"status_code", "body"}
+    raw = http("GET", f"{p.url}/v1/jobs/{done['id']}/content")
+    assert raw.headers["Content-Type"] == "application/json"
+    assert json.loads(raw.body) == done["response"]["body"]
+
+
+def test_content_of_an_unfinished_job_is_refused(jobs_proxy: JobsProxy) -> None:
+    p = jobs_proxy()
+    body = {"endpoint": "/v1/chat/completions", "body": CHAT, "run_after": time.time() + 60}
+    job = http("POST", f"{p.url}/v1/jobs", body).json()
+    raw = http("GET", f"{p.url}/v1/jobs/{job['id']}/content")
+    assert raw.status == 400 and raw.json()["error"]["code"] == "job_not_completed"
+    other = http("GET", f"{p.url}/v1/jobs/{job['id']}/content", key=KEY_B)
+    assert other.status == 404

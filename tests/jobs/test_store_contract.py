@@ -120,6 +120,34 @@ async def test_retry_requeues_at_run_at_and_release_does_not_count(store: JobSto
     assert got is not None and got.status == "queued" and got.attempts == 1
 
 
+async def test_a_retried_job_says_why_and_when_until_it_finishes(store: JobStore) -> None:
+    now = time.time()
+    j = await put(store, job(score=now - 1))
+    (c,), _ = await store.claim(now=now, limit=1, lease_s=30, owner="w")
+    assert "last_error" not in c.public() and "next_attempt_at" not in c.public()
+    error = {"status": 429, "code": "rate_limit_exceeded", "message": "slow down"}
+    assert await store.retry(j.id, c.token, run_at=now + 7.2, last_error=error)
+    waiting = await store.get(j.id)
+    assert waiting is not None and waiting.status == "queued"
+    public = waiting.public()
+    assert public["last_error"] == error and public["next_attempt_at"] == int(now + 7.2) + 1
+    listed, _ = await store.page("ta", limit=10, after=None, status=None)
+    assert listed[0].public()["last_error"] == error  # lists show it too
+    # Running again: the last error stays (no next attempt is due); a release keeps both.
+    (c,), _ = await store.claim(now=now + 8, limit=1, lease_s=30, owner="w")
+    assert c.public()["last_error"] == error and "next_attempt_at" not in c.public()
+    assert await store.release(j.id, c.token)
+    again = await store.get(j.id)
+    assert again is not None and again.public()["last_error"] == error
+    (c,), _ = await store.claim(now=now + 8, limit=1, lease_s=30, owner="w")
+    done = await store.finish(j.id, c.token, status="completed", result={"response": {}}, now=now)
+    assert done is not None
+    for finished_job in (done, await store.get(j.id)):
+        assert finished_job is not None
+        assert "last_error" not in finished_job.public()
+        assert "next_attempt_at" not in finished_job.public()
+
+
 async def test_cancel_queued_and_running(store: JobStore) -> None:
     now = time.time()
     queued = await put(store, job(score=now + 50))

@@ -139,3 +139,20 @@ def test_memory_store_warns_and_works(
     job = http("POST", f"{p.url}/v1/jobs", {"endpoint": "/v1/chat/completions", "body": CHAT})
     assert job.status == 202
     assert finished(p.url, job.json()["id"])["status"] == "completed"
+
+
+def test_refused_callback_names_every_setting_to_set(jobs_proxy: Callable[..., Proxy]) -> None:
+    """Neither ``callback_allow`` nor ``webhook_secret`` set: the operator must learn of both,
+    not fix one and meet the other on the next try."""
+    p = jobs_proxy({"store": "memory"})
+    body = {"endpoint": "/v1/chat/completions", "body": CHAT, "callback_url": "https://h.example/x"}
+    resp = http("POST", f"{p.url}/v1/jobs", body)
+    assert resp.status == 400
+    error = resp.json()["error"]
+    assert error["code"] == "callback_not_allowed" and error["param"] == "callback_url"
+    assert "jobs.callback_allow" in error["message"] and "jobs.webhook_secret" in error["message"]
+    # Only the secret missing: the message names only the secret.
+    p = jobs_proxy({"store": "memory", "callback_allow": ["h.example"]})
+    error = http("POST", f"{p.url}/v1/jobs", body).json()["error"]
+    assert "jobs.webhook_secret" in error["message"]
+    assert "jobs.callback_allow" not in error["message"]
