@@ -64,6 +64,9 @@ class ServerSettings(_Section):
     body_read_timeout_s: float = Field(60.0, gt=0)
     #: Seconds to finish in-flight requests on shutdown.
     shutdown_timeout_s: float = Field(10.0, ge=0)
+    #: A client connection with no complete request for this long is closed: an idle keep-alive,
+    #: or headers trickling in (slowloris). aiohttp alone would keep it for an hour.
+    idle_timeout_s: float = Field(75.0, gt=0)
     access_log: bool = False
 
 
