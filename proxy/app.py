@@ -123,6 +123,7 @@ async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         pipeline=pipeline,
         max_body_bytes=server.max_body_bytes,
         body_read_timeout_s=server.body_read_timeout_s,
+        limits=app[SETTINGS].limits,
     )
     yield
 

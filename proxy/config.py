@@ -24,6 +24,7 @@ __all__ = [
     "CacheSettings",
     "ConfigError",
     "JobsSettings",
+    "LimitsSettings",
     "RedisSettings",
     "RoutingSettings",
     "ServerSettings",
@@ -236,6 +237,17 @@ class JobsSettings(_Section):
     cancel_wait_s: float = Field(5.0, ge=0)
 
 
+class LimitsSettings(_Section):
+    """Request bounds checked before anything goes upstream (400 beyond them)."""
+
+    #: Nesting of objects and arrays in a JSON request body.
+    max_json_depth: int = Field(64, ge=2)
+    #: Items in ``messages`` (no OpenAI limit is documented: a generous bound).
+    max_messages: int = Field(10_000, ge=1)
+    #: Items in an ``input`` array (OpenAI allows 2,048 per embeddings request).
+    max_inputs: int = Field(2048, ge=1)
+
+
 class Settings(_Section):
     server: ServerSettings = ServerSettings()
     upstreams: tuple[UpstreamSettings, ...] = (
@@ -248,6 +260,7 @@ class Settings(_Section):
     coalescing: CoalescingSettings = CoalescingSettings()
     batching: BatchingSettings = BatchingSettings()
     jobs: JobsSettings = JobsSettings()
+    limits: LimitsSettings = LimitsSettings()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:

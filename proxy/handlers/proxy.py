@@ -14,6 +14,7 @@ from aiohttp import StreamReader, web
 
 from ..auth import Identity
 from ..call import CacheControl, Call, Next, Reply, vary_of
+from ..config import LimitsSettings
 from ..errors import (
     InvalidRequest,
     PayloadTooLarge,
@@ -22,6 +23,7 @@ from ..errors import (
     UpstreamError,
 )
 from ..keys import DOOR, IDENTITY
+from ..limits import check_limits
 from ..upstream import Router, forward_headers
 
 __all__ = [
@@ -69,8 +71,10 @@ class ProxyDoor:
         pipeline: Next,
         max_body_bytes: int,
         body_read_timeout_s: float = 60.0,
+        limits: LimitsSettings | None = None,
     ) -> None:
         self.router = router
+        self.limits = limits or LimitsSettings()
         self.pipeline = pipeline
         self.max_body_bytes = max_body_bytes
         self.body_read_timeout_s = body_read_timeout_s
@@ -107,6 +111,7 @@ class ProxyDoor:
 
         Used by every door: HTTP, the job worker and the batch runner.
         """
+        check_limits(path, body, data, self.limits)
         model = data.get("model")
         if model is None:
             upstream = self.router.default_or_404()
