@@ -33,7 +33,7 @@ from .keys import (
     SINGLEFLIGHT,
 )
 from .metrics import Metrics
-from .middlewares import auth_middleware, error_middleware
+from .middlewares import answer_expect_in_openai_shape, auth_middleware, error_middleware
 from .redis_client import open_redis
 from .upstream import Router, Upstream
 
@@ -156,4 +156,5 @@ def create_app(settings: Settings) -> web.Application:
     add_cache_routes(app)
     add_job_routes(app)
     app.router.add_route("*", "/v1/{tail:.*}", proxy_handler)
+    answer_expect_in_openai_shape(app)
     return app
