@@ -31,7 +31,7 @@ from .keys import (
     SINGLEFLIGHT,
 )
 from .metrics import Metrics
-from .middlewares import auth_middleware, error_middleware
+from .middlewares import answer_expect_in_openai_shape, auth_middleware, error_middleware
 from .readiness import Readiness, redis_ping
 from .redis_client import open_redis
 from .upstream import Router, Upstream
@@ -112,6 +112,7 @@ async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         pipeline=pipeline,
         max_body_bytes=server.max_body_bytes,
         body_read_timeout_s=server.body_read_timeout_s,
+        limits=app[SETTINGS].limits,
     )
     yield
 
@@ -157,4 +158,5 @@ def create_app(settings: Settings) -> web.Application:
     add_cache_routes(app)
     add_job_routes(app)
     app.router.add_route("*", "/v1/{tail:.*}", proxy_handler)
+    answer_expect_in_openai_shape(app)
     return app

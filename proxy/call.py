@@ -95,10 +95,19 @@ VARY_HEADERS = frozenset({"openai-organization", "openai-project"})
 def vary_of(query: str, headers: Mapping[str, str]) -> bytes:
     """The query and :data:`VARY_HEADERS` as JSON (empty for most calls); computed once per call
     by the door, since every key (cache, flight, batch, per input) includes it."""
-    picked = [(low, v) for k, v in headers.items() if (low := k.lower()) in VARY_HEADERS]
+    picked = [(low, _text(v)) for k, v in headers.items() if (low := k.lower()) in VARY_HEADERS]
     if not query and not picked:
         return b""
-    return orjson.dumps([query, sorted(picked)])
+    return orjson.dumps([_text(query), sorted(picked)])
+
+
+def _text(value: str) -> str:
+    """``value`` as valid UTF-8: bytes that were not (kept by aiohttp as surrogates) escaped."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,7 @@ async def serve(
     host: str,
     port: int,
     shutdown_timeout_s: float,
+    idle_timeout_s: float = 75.0,
     access_log: bool = False,
 ) -> None:
     """Run ``app`` until SIGINT/SIGTERM; a client that goes away cancels its handler."""
@@ -47,6 +48,7 @@ async def serve(
         handler_cancellation=True,
         access_log=access_logger if access_log else None,
         shutdown_timeout=shutdown_timeout_s,
+        keepalive_timeout=idle_timeout_s,
     )
     await runner.setup()
     try:
@@ -98,6 +100,7 @@ def _run(settings: Settings, host: str, port: int) -> None:
         host=host,
         port=port,
         shutdown_timeout_s=server.shutdown_timeout_s,
+        idle_timeout_s=server.idle_timeout_s,
         access_log=server.access_log,
     )
     with asyncio.Runner(loop_factory=_LOOP_FACTORY) as runner:

@@ -24,6 +24,7 @@ __all__ = [
     "CacheSettings",
     "ConfigError",
     "JobsSettings",
+    "LimitsSettings",
     "RedisSettings",
     "RoutingSettings",
     "ServerSettings",
@@ -64,6 +65,9 @@ class ServerSettings(_Section):
     body_read_timeout_s: float = Field(60.0, gt=0)
     #: Seconds to finish in-flight requests on shutdown.
     shutdown_timeout_s: float = Field(10.0, ge=0)
+    #: A client connection with no complete request for this long is closed: an idle keep-alive,
+    #: or headers trickling in (slowloris). aiohttp alone would keep it for an hour.
+    idle_timeout_s: float = Field(75.0, gt=0)
     access_log: bool = False
     #: ``/readyz`` answers 503 while a Redis-backed part is degraded (default: 200, naming it).
     ready_requires_redis: bool = False
@@ -242,6 +246,17 @@ class JobsSettings(_Section):
     cancel_wait_s: float = Field(5.0, ge=0)
 
 
+class LimitsSettings(_Section):
+    """Request bounds checked before anything goes upstream (400 beyond them)."""
+
+    #: Nesting of objects and arrays in a JSON request body.
+    max_json_depth: int = Field(64, ge=2)
+    #: Items in ``messages`` (no OpenAI limit is documented: a generous bound).
+    max_messages: int = Field(10_000, ge=1)
+    #: Items in an ``input`` array (OpenAI allows 2,048 per embeddings request).
+    max_inputs: int = Field(2048, ge=1)
+
+
 class Settings(_Section):
     server: ServerSettings = ServerSettings()
     upstreams: tuple[UpstreamSettings, ...] = (
@@ -254,6 +269,7 @@ class Settings(_Section):
     coalescing: CoalescingSettings = CoalescingSettings()
     batching: BatchingSettings = BatchingSettings()
     jobs: JobsSettings = JobsSettings()
+    limits: LimitsSettings = LimitsSettings()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.typedefs import Handler, Middleware
 
 from .auth import Authenticator
 from .errors import PayloadTooLarge, ProxyError, error_body
 from .keys import IDENTITY
 
-__all__ = ["auth_middleware", "error_middleware", "json_error"]
+__all__ = ["answer_expect_in_openai_shape", "auth_middleware", "error_middleware", "json_error"]
 
 log = logging.getLogger(__name__)
 
@@ -70,3 +70,30 @@ def auth_middleware(auth: Authenticator) -> Middleware:
         return await handler(request)
 
     return impl
+
+
+async def _expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue`` as aiohttp answers it; any other expectation is a 417 in the
+    OpenAI shape. (aiohttp's own 417 echoes the value and failed with a 500 when it was not
+    UTF-8; it runs before any middleware, so it is replaced per route.)"""
+    if request.version != HttpVersion11:
+        return None
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the main body has not started
+        return None
+    body = error_body(
+        "Only 'Expect: 100-continue' is supported",
+        type_="invalid_request_error",
+        code="expectation_failed",
+    )
+    return web.json_response(body, status=417)
+
+
+def answer_expect_in_openai_shape(app: web.Application) -> None:
+    """Give every route of ``app`` the proxy's ``Expect`` handler (call once routes are added).
+
+    aiohttp sets it only through ``add_route(expect_handler=...)``; setting it here once covers
+    the routes every feature adds."""
+    for route in app.router.routes():
+        route._expect_handler = _expect_handler

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -13,6 +14,7 @@ from aiohttp import StreamReader, web
 
 from ..auth import Identity
 from ..call import CacheControl, Call, Next, Reply, vary_of
+from ..config import LimitsSettings
 from ..errors import (
     InvalidRequest,
     PayloadTooLarge,
@@ -21,6 +23,7 @@ from ..errors import (
     UpstreamError,
 )
 from ..keys import DOOR, IDENTITY
+from ..limits import check_limits
 from ..upstream import Router, forward_headers
 
 __all__ = [
@@ -68,8 +71,10 @@ class ProxyDoor:
         pipeline: Next,
         max_body_bytes: int,
         body_read_timeout_s: float = 60.0,
+        limits: LimitsSettings | None = None,
     ) -> None:
         self.router = router
+        self.limits = limits or LimitsSettings()
         self.pipeline = pipeline
         self.max_body_bytes = max_body_bytes
         self.body_read_timeout_s = body_read_timeout_s
@@ -106,6 +111,7 @@ class ProxyDoor:
 
         Used by every door: HTTP, the job worker and the batch runner.
         """
+        check_limits(path, body, data, self.limits)
         model = data.get("model")
         if model is None:
             upstream = self.router.default_or_404()
@@ -250,29 +256,67 @@ async def write_reply(request: web.Request, reply: Reply) -> web.StreamResponse:
     """Write a reply: whole bodies at once, streams chunk by chunk as they arrive."""
     if reply.stream is None:
         return web.Response(status=reply.status, headers=reply.headers, body=reply.body)
+    sse = reply.headers.get("Content-Type", "").startswith("text/event-stream")
     try:
         resp = web.StreamResponse(status=reply.status, headers=reply.headers)
         await resp.prepare(request)
+        # An SSE stream is written up to its last complete event, so that a failure can still
+        # be told to the client as an event of its own instead of a glued-on fragment.
+        pending = b""
         try:
             async for chunk in reply.stream:
-                await resp.write(chunk)
+                if not sse:
+                    await resp.write(chunk)
+                    continue
+                pending += chunk
+                end = _events_end(pending)
+                if end:
+                    await resp.write(pending[:end])
+                    pending = pending[end:]
+            if pending:
+                await resp.write(pending)
         except ProxyError as exc:
             log.warning("stream from upstream ended early on %s: %s", request.path, exc.message)
-            return _broken(request, resp)
+            return await _broken(request, resp, exc if sse else None)
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception:  # headers are sent: no error response is possible any more
             log.exception("stream failed on %s", request.path)
-            return _broken(request, resp)
+            failure = UpstreamError("The stream failed inside the proxy")
+            return await _broken(request, resp, failure if sse else None)
     finally:
         await reply.aclose()
     await resp.write_eof()
     return resp
 
 
-def _broken(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
-    """Break the connection: the only honest signal left once the headers are gone, so the
-    client sees a failed stream rather than a short one."""
+#: Past this, a partial event is written anyway (a stream must never be held back for long).
+_MAX_PENDING_EVENT_BYTES = 64 * 1024
+
+
+def _events_end(buf: bytes) -> int:
+    """Where the last complete SSE event in ``buf`` ends (0: none yet)."""
+    lf, crlf = buf.rfind(b"\n\n"), buf.rfind(b"\r\n\r\n")
+    end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+    if not end and len(buf) > _MAX_PENDING_EVENT_BYTES:
+        return len(buf)
+    return end
+
+
+async def _broken(
+    request: web.Request, resp: web.StreamResponse, error: ProxyError | None
+) -> web.StreamResponse:
+    """End a stream that failed after its headers were sent.
+
+    An event stream gets an error event in the OpenAI convention (``data: {"error": ...}``) and
+    ends without ``[DONE]``: the SDKs raise an ``APIError`` with its message. Any other body has
+    no way to say so: the connection is broken, so the client sees a failure, not a short body.
+    """
+    if error is not None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await resp.write(b"data: " + error.to_bytes() + b"\n\n")
+            await resp.write_eof()
+            return resp
     if request.transport is not None:
         request.transport.abort()
     return resp

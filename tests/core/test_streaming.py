@@ -6,6 +6,9 @@ import asyncio
 import time
 
 import aiohttp
+import openai
+import orjson
+import pytest
 
 from tests.conftest import Fake, Proxy
 from tests.support.live import BackgroundLoop
@@ -76,20 +79,40 @@ async def test_chunk_gaps_are_preserved(proxy: Proxy, fake: Fake) -> None:
     assert arrivals[-1] - arrivals[0] >= 0.1
 
 
-async def test_upstream_breaking_mid_stream_breaks_the_client_stream(
+async def test_upstream_breaking_mid_stream_ends_with_an_error_event(
     proxy: Proxy, fake: Fake, bg: BackgroundLoop
 ) -> None:
     gate(bg, fake)
     async with aiohttp.ClientSession() as session:
         resp = await session.post(f"{proxy.base_url}/chat/completions", json=STREAM)
-        await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 5)
+        first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 5)
         # Stop the fake upstream: its open stream is cut without the final chunk.
         await asyncio.get_running_loop().run_in_executor(None, fake.live.stop)
-        try:
-            await asyncio.wait_for(resp.read(), 5)
-        except aiohttp.ClientPayloadError:
-            broken = True
-        else:
-            broken = False
-        resp.close()
-    assert broken, "a cut upstream stream must not look complete to the client"
+        rest = await asyncio.wait_for(resp.read(), 5)
+    # A cut stream must not look complete: no [DONE], and a last event in the OpenAI error
+    # convention that the SDKs turn into an APIError.
+    assert first.startswith(b"data: {")
+    assert b"[DONE]" not in rest
+    last = rest.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+    assert last.startswith(b"data: ")
+    error = orjson.loads(last[len(b"data: ") :])["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "api_error" and error["message"]
+
+
+async def test_sdk_raises_api_error_when_the_upstream_breaks_mid_stream(
+    proxy: Proxy, fake: Fake, bg: BackgroundLoop
+) -> None:
+    gate(bg, fake)
+    client = proxy.async_client()
+    seen: list[str] = []
+    with pytest.raises(openai.APIError) as info:
+        stream = await client.chat.completions.create(**STREAM)  # type: ignore[call-overload]
+        async for chunk in stream:
+            seen.append(chunk.id)
+            if len(seen) == 1:
+                await asyncio.get_running_loop().run_in_executor(None, fake.live.stop)
+    await client.close()
+    assert seen, "the chunks sent before the break reach the client"
+    assert not isinstance(info.value, openai.APIConnectionError)
+    assert "upstream" in info.value.message.lower()

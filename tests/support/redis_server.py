@@ -58,11 +58,13 @@ def wait_for_ping(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 1
 class RedisServer:
     """A redis-server process the tests may kill and restart (same port)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *extra_args: str) -> None:
+        """``extra_args`` go to every start (e.g. ``--appendonly yes`` for a restart test)."""
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server is not on PATH; .ci/run installs it")
         self.exe = exe
+        self.extra_args = extra_args
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="llmproxy-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -79,6 +81,7 @@ class RedisServer:
                 "no",
                 "--loglevel",
                 "warning",
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
