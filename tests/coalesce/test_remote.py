@@ -9,10 +9,11 @@ from typing import Any
 import aiohttp
 import orjson
 
+from bench.fake_upstream import Scripted
 from proxy.coalesce.remote import FlightKeys
 from proxy.coalesce.singleflight import flight_key
 from proxy.keys import AUTH, DOOR, SETTINGS
-from tests.coalesce.helpers import CHAT, calls, metric, set_state, wait_until
+from tests.coalesce.helpers import CHAT, calls, metric, script, set_state, wait_until
 from tests.conftest import KEY_A, Fake, Proxy, ProxyFactory
 from tests.support.live import BackgroundLoop
 from tests.support.redis_server import RedisServer
@@ -131,9 +132,32 @@ async def test_a_result_that_does_not_decode_fails_open(
     claim = claim_name(proxy, BODY)
     client = redis_server.client()
     client.set(claim, "another-replica", px=60_000)
-    client.set(claim.removesuffix(":claim") + ":result", b"\x00garbage", px=60_000)
+    client.set(claim.removesuffix(":claim") + ":result:another-replica", b"\x00garbage", px=60_000)
     client.close()
     status, _, _ = await send(proxy, BODY)
     assert status == 200  # went alone at once instead of failing every waiter
     assert calls(fake, CHAT) == 1
     assert metric(proxy, "llm_proxy_redis_errors_total", op="flight_decode") == 1
+
+
+async def test_a_finished_calls_error_is_not_served_to_a_later_caller_on_another_replica(
+    make_proxy: ProxyFactory, fake: Fake, bg: BackgroundLoop, redis_url: str
+) -> None:
+    """Issue 14 item 2: the upstream answers 503 then recovers. A's client gets the 503 and
+    retries on A (which takes the claim again); B's client, arriving while that retry is in
+    flight, must get the retry's answer, not the old 503 still stored for the first call."""
+    a, b = replica(make_proxy, redis_url), replica(make_proxy, redis_url)
+    error = {"error": {"message": "overloaded", "type": "server_error", "param": None}}
+    script(bg, fake, Scripted(503, error, path=CHAT))
+    status, _, _ = await send(a, BODY)
+    assert status == 503
+    set_state(bg, fake, latency_ms=500)
+    retry = asyncio.create_task(send(a, BODY))
+    await wait_until(lambda: fake.state.in_flight == 1)
+    (status_a, body_a, _), (status_b, body_b, headers_b) = await asyncio.gather(
+        retry, send(b, BODY)
+    )
+    assert (status_a, status_b) == (200, 200)
+    assert body_a == body_b
+    assert headers_b["X-Coalesced"] == "2"  # B waited for A's retry, not for its first call
+    assert calls(fake, CHAT) == 2
