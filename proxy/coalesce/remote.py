@@ -89,6 +89,13 @@ class Record:
     chunks: list[bytes] | None = None
     served: int = 1
 
+    @property
+    def size(self) -> int:
+        """Bytes of the answer's body or chunks."""
+        if self.chunks is not None:
+            return sum(len(chunk) for chunk in self.chunks)
+        return len(self.body or b"")
+
     def encode(self) -> bytes:
         parts = self.chunks if self.chunks is not None else [self.body or b""]
         head = {

@@ -161,3 +161,51 @@ async def test_a_finished_calls_error_is_not_served_to_a_later_caller_on_another
     assert body_a == body_b
     assert headers_b["X-Coalesced"] == "2"  # B waited for A's retry, not for its first call
     assert calls(fake, CHAT) == 2
+
+
+WORDS = " ".join(f"word{i}" for i in range(150))
+LONG: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": WORDS}]}
+
+
+async def test_an_answer_past_the_bound_is_not_published_to_other_replicas(
+    make_proxy: ProxyFactory, fake: Fake, bg: BackgroundLoop, redis_url: str
+) -> None:
+    """Issue 14 item 8: Redis does not hold an answer larger than ``cache.max_entry_bytes``;
+    the waiter on the other replica then makes its own call."""
+    bound = {"enabled": False, "max_entry_bytes": 1024}
+    a, b = (
+        make_proxy({"cache": bound, "redis": {"url": redis_url}}),
+        make_proxy({"cache": bound, "redis": {"url": redis_url}}),
+    )
+    set_state(bg, fake, latency_ms=300)
+    first = asyncio.create_task(send(a, LONG))
+    await wait_until(lambda: fake.state.in_flight == 1)
+    (status_a, body_a, _), (status_b, body_b, headers_b) = await asyncio.gather(
+        first, send(b, LONG)
+    )
+    assert (status_a, status_b) == (200, 200)
+    assert len(body_a) > 1024 and body_a == body_b
+    assert "X-Coalesced" not in headers_b
+    assert calls(fake, CHAT) == 2
+
+
+async def test_a_stream_past_the_bound_sends_other_replicas_on_their_own_at_once(
+    make_proxy: ProxyFactory, fake: Fake, bg: BackgroundLoop, redis_url: str
+) -> None:
+    bound = {"enabled": False, "max_entry_bytes": 4096}
+    a, b = (
+        make_proxy({"cache": bound, "redis": {"url": redis_url}}),
+        make_proxy({"cache": bound, "redis": {"url": redis_url}}),
+    )
+    set_state(bg, fake, chunk_delay_ms=10)  # ~150 chunks of ~200 bytes: about 1.5 s
+    body = {**LONG, "stream": True}
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY_A}"}) as session:
+        async with session.post(f"{a.base_url}/chat/completions", json=body) as leader:
+            head = await leader.content.readexactly(8192)  # A's flight is past the bound
+            async with session.post(f"{b.base_url}/chat/completions", json=body) as other:
+                first = await other.content.readuntil(b"\n\n")
+                assert fake.state.completed_streams == 0  # B did not wait for A's end
+                other_whole = first + await other.read()
+            leader_whole = head + await leader.read()
+    assert leader_whole == other_whole and leader_whole.endswith(b"data: [DONE]\n\n")
+    assert calls(fake, CHAT) == 2

@@ -245,3 +245,36 @@ async def test_shared_cache_still_calls_with_each_clients_own_key(
     assert calls(fake, CHAT) == 2
     sent = [r.headers["Authorization"] for r in fake.state.requests]
     assert sent == [f"Bearer {KEY_A}", f"Bearer {KEY_B}"]
+
+
+LONG: Any = {
+    "model": "gpt-4o-mini",
+    "messages": [{"role": "user", "content": " ".join(f"word{i}" for i in range(150))}],
+    "stream": True,
+}
+
+
+async def test_a_stream_past_the_bound_is_not_kept_for_late_joiners(
+    make_proxy: ProxyFactory, fake: Fake, bg: BackgroundLoop
+) -> None:
+    """Issue 14 item 8: past ``cache.max_entry_bytes`` a late joiner makes its own call (and
+    gets a whole answer from it), while the callers already attached get every chunk."""
+    proxy = make_proxy({"cache": {"enabled": False, "max_entry_bytes": 4096}})
+    gate = open_gate(bg, fake)
+    set_state(bg, fake, chunk_delay_ms=10)  # ~150 chunks of ~200 bytes: about 1.5 s
+    url = f"{proxy.base_url}/chat/completions"
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY_A}"}) as session:
+        async with session.post(url, json=LONG) as leader, session.post(url, json=LONG) as early:
+            await wait_until(lambda: metric(proxy, "llm_proxy_deduplicated_total") == 1)
+            release(bg, gate)
+            head = await leader.content.readexactly(8192)  # so the flight is past the bound
+            assert fake.state.completed_streams == 0  # ... and still in flight
+            async with session.post(url, json=LONG) as late:
+                assert "X-Coalesced" not in late.headers
+                late_whole = await _read_sse(late)
+            leader_whole = head + await _read_sse(leader)
+            early_whole = await _read_sse(early)
+    assert leader_whole == early_whole == late_whole
+    assert leader_whole.count(b"data: ") == 154 and leader_whole.endswith(b"data: [DONE]\n\n")
+    assert calls(fake, CHAT) == 2
+    assert metric(proxy, "llm_proxy_deduplicated_total") == 1
