@@ -208,11 +208,11 @@ class RemoteFlights:
             self.breaker.succeeded()
             if claim.mine:
                 return claim
+            if time.monotonic() >= deadline:
+                return None
             outcome = await self.wait(claim, deadline)
             if not isinstance(outcome, Lapsed):
                 return outcome
-            if time.monotonic() >= deadline:
-                return None
             # Its leader gave up or died: take over, or wait for whoever did.
 
     async def wait(self, claim: Claim, deadline: float) -> Record | Lapsed | None:
