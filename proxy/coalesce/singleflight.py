@@ -94,12 +94,14 @@ class SingleFlight:
             if key is None:
                 return await next_stage(call)
             flight = self._flights.get(key)
-            if flight is not None and flight.joinable:
+            leader = flight is None or not flight.joinable
+            if flight is None or leader:
+                flight = self._flights[key] = _Flight(key)
+                flight.task = asyncio.create_task(self._run(flight, call, next_stage))
+            else:
                 self.metrics.deduplicated.inc()
-                return await self._join(flight, leader=False)
-            flight = self._flights[key] = _Flight(key)
-            flight.task = asyncio.create_task(self._run(flight, call, next_stage))
-            return await self._join(flight, leader=True)
+            reply = await self._join(flight, leader=leader)
+            return reply if reply is not None else await next_stage(call)
 
         return single_flight
 
@@ -111,7 +113,9 @@ class SingleFlight:
 
     # --- waiters ---------------------------------------------------------------------------
 
-    async def _join(self, flight: _Flight, *, leader: bool) -> Reply:
+    async def _join(self, flight: _Flight, *, leader: bool) -> Reply | None:
+        """The flight's answer for one waiter; ``None`` when its stream has outgrown the bound
+        before this waiter got to it (another read past it first): it must go alone."""
         flight.refs += 1
         flight.joined += 1
         try:
@@ -131,6 +135,9 @@ class SingleFlight:
             self._release(flight)
             return Reply(reply.status, headers, body=reply.body, follower=follower)
 
+        if not flight.log.whole:
+            self._release(flight)
+            return None
         stream = flight.log.reader()
 
         async def close() -> None:

@@ -9,8 +9,13 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from multidict import CIMultiDict
 
 from bench.fake_upstream import Scripted
+from proxy.call import Call, Reply
+from proxy.coalesce.singleflight import SingleFlight
+from proxy.keys import AUTH, DOOR, SETTINGS
+from proxy.metrics import Metrics
 from tests.coalesce.helpers import (
     CHAT,
     calls,
@@ -278,3 +283,55 @@ async def test_a_stream_past_the_bound_is_not_kept_for_late_joiners(
     assert leader_whole.count(b"data: ") == 154 and leader_whole.endswith(b"data: [DONE]\n\n")
     assert calls(fake, CHAT) == 2
     assert metric(proxy, "llm_proxy_deduplicated_total") == 1
+
+
+class _Burst:
+    """A stream whose chunks are all there at once (reads never suspend): 3 x 2000 bytes."""
+
+    def __init__(self) -> None:
+        self.left = 3
+
+    def __aiter__(self) -> _Burst:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self.left:
+            raise StopAsyncIteration
+        self.left -= 1
+        return b"x" * 2000
+
+
+async def test_a_waiter_that_finds_its_stream_past_the_bound_makes_its_own_call(
+    make_proxy: ProxyFactory,
+) -> None:
+    """Two waiters of one flight: the first reads past the bound before the second gets to the
+    log, which no longer has the first chunks: the second makes its own call, whole."""
+    proxy = make_proxy({"cache": {"enabled": False, "max_entry_bytes": 1024}})
+    identity = proxy.app[AUTH].identify({"Authorization": f"Bearer {KEY_A}"})
+    call = proxy.app[DOOR].build_call(
+        identity=identity, method="POST", path=CHAT, headers={}, body=b"{}", data=dict(STREAM)
+    )
+    sent = 0
+    gate = asyncio.Event()
+
+    async def upstream(_: Call) -> Reply:
+        nonlocal sent
+        sent += 1
+        await gate.wait()
+        return Reply(200, CIMultiDict({"Content-Type": "text/event-stream"}), stream=_Burst())
+
+    stage = SingleFlight(cache=proxy.app[SETTINGS].cache, metrics=Metrics()).wrap(upstream)
+
+    async def read() -> bytes:
+        reply = await stage(call)
+        assert reply.stream is not None
+        try:
+            return b"".join([chunk async for chunk in reply.stream])
+        finally:
+            await reply.aclose()
+
+    waiters = [asyncio.create_task(read()) for _ in range(2)]
+    await wait_until(lambda: sent == 1)
+    gate.set()
+    assert await asyncio.gather(*waiters) == [b"x" * 6000] * 2
+    assert sent == 2
