@@ -136,6 +136,7 @@ class SingleFlight:
             return Reply(reply.status, headers, body=reply.body, follower=follower)
 
         if not flight.log.whole:
+            flight.joined -= 1  # not served by this flight after all
             self._release(flight)
             return None
         stream = flight.log.reader()
