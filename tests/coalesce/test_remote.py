@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 
 from bench.fake_upstream import Scripted
-from proxy.coalesce.remote import FlightKeys
+from proxy.coalesce.remote import FlightKeys, Record
 from proxy.coalesce.singleflight import flight_key
 from proxy.keys import AUTH, DOOR, SETTINGS
 from tests.coalesce.helpers import CHAT, calls, metric, script, set_state, wait_until
@@ -38,6 +38,10 @@ async def send(proxy: Proxy, body: dict[str, Any]) -> tuple[int, bytes, dict[str
 
 def claim_name(proxy: Proxy, body: dict[str, Any]) -> str:
     """The Redis key a replica claims for ``body`` (computed as the proxy does)."""
+    return flight_keys(proxy, body).claim
+
+
+def flight_keys(proxy: Proxy, body: dict[str, Any]) -> FlightKeys:
     identity = proxy.app[AUTH].identify({"Authorization": f"Bearer {KEY_A}"})
     call = proxy.app[DOOR].build_call(
         identity=identity,
@@ -49,7 +53,7 @@ def claim_name(proxy: Proxy, body: dict[str, Any]) -> str:
     )
     key = flight_key(call, proxy.app[SETTINGS].cache)
     assert key is not None
-    return FlightKeys.of(proxy.app[SETTINGS].redis.key_prefix, key).claim
+    return FlightKeys.of(proxy.app[SETTINGS].redis.key_prefix, key)
 
 
 async def test_two_replicas_share_one_upstream_call(
@@ -209,3 +213,25 @@ async def test_a_stream_past_the_bound_sends_other_replicas_on_their_own_at_once
             leader_whole = head + await leader.read()
     assert leader_whole == other_whole and leader_whole.endswith(b"data: [DONE]\n\n")
     assert calls(fake, CHAT) == 2
+
+
+async def test_a_waiter_follows_the_claim_that_replaced_the_one_it_found(
+    make_proxy: ProxyFactory, fake: Fake, redis_server: RedisServer, redis_url: str
+) -> None:
+    """The claim a waiter found is replaced (its holder gave up, another replica took it): the
+    waiter takes the new holder's result, not nothing and not its own call."""
+    proxy = replica(make_proxy, redis_url, cross_replica_wait_s=10)
+    keys = flight_keys(proxy, BODY)
+    client = redis_server.client()
+    client.set(keys.claim, "gave-up", px=60_000)
+    waiter = asyncio.create_task(send(proxy, BODY))
+    await wait_until(lambda: dict(client.pubsub_numsub(keys.channel))[keys.channel.encode()] == 1)
+    answer = Record(200, [("Content-Type", "application/json")], b'{"from": "newer"}')
+    with client.pipeline() as pipe:  # MULTI: the new holder and its result appear together
+        pipe.set(keys.claim, "newer", px=60_000)
+        pipe.set(keys.result("newer"), answer.encode(), px=60_000)
+        pipe.execute()
+    client.close()
+    status, body, _ = await waiter
+    assert (status, body) == (200, b'{"from": "newer"}')
+    assert calls(fake, CHAT) == 0
