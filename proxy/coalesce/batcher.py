@@ -368,5 +368,7 @@ def _split(route: Route, members: list[_Member], body: bytes) -> list[dict[str, 
     answer = orjson.loads(body)
     parsed = [m.parsed for m in members]
     if route.field == "prompt":
-        return split_completions(answer, parsed, _n(members[0].call) or 1)
+        first = members[0].call.json or {}
+        n, echo = _n(members[0].call) or 1, first.get("echo") is True
+        return split_completions(answer, parsed, n, echo=echo)
     return split_embeddings(answer, parsed)

@@ -4,6 +4,12 @@
 array or a list of token arrays. Members of one batch are merged into a list of strings or a list
 of token arrays, never both. The answer is split back so that each caller sees indices from 0,
 its own items only, and a share of ``usage``; the shares add up to the upstream's total.
+
+Upstreams (OpenAI, vLLM) report ``usage`` only for the whole call, so a member's count is exact
+only where the answer or the request determines it: prompt tokens of token arrays (their
+length), completion tokens of choices that carry ``logprobs.tokens`` (one entry per token, unless
+``echo`` mixes the prompt in), and a lone member whose count is the total less everyone else's
+exact counts. The rest is apportioned by estimates.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ __all__ = [
     "SplitError",
     "apportion",
     "estimate_tokens",
+    "exact_shares",
     "parse_items",
     "split_completions",
     "split_embeddings",
@@ -24,6 +31,8 @@ __all__ = [
 
 Item = str | list[int]
 Kind = Literal["text", "tokens"]
+#: A member's token count: exactly known (or ``None``), and its estimate, the weight of its share.
+Count = tuple[int | None, int]
 
 
 class SplitError(ValueError):
@@ -47,6 +56,11 @@ class Parsed:
         self.items = items
         self.kind = kind
         self.tokens = [estimate_tokens(item) for item in items]
+
+    @property
+    def prompt(self) -> Count:
+        """Its prompt tokens: exact for token arrays, estimated for text."""
+        return (sum(self.tokens) if self.kind == "tokens" else None), sum(self.tokens)
 
 
 def parse_items(value: Any) -> Parsed | None:
@@ -85,33 +99,55 @@ def apportion(total: int, weights: list[int]) -> list[int]:
     return shares
 
 
+def exact_shares(total: int, known: list[int | None], weights: list[int]) -> list[int]:
+    """Split ``total``: a member with a ``known`` count gets exactly that, the others share the
+    rest by ``weights``. When the known counts do not fit the total (the upstream counts in a
+    way we did not assume), everyone's share is apportioned by ``weights``."""
+    exact = sum(k for k in known if k is not None)
+    unknown = [i for i, k in enumerate(known) if k is None]
+    if exact > total or (not unknown and exact != total):
+        return apportion(total, weights)
+    shares = [k or 0 for k in known]
+    for i, share in zip(
+        unknown, apportion(total - exact, [weights[i] for i in unknown]), strict=True
+    ):
+        shares[i] = share
+    return shares
+
+
+def _shares(total: int, counts: list[Count]) -> list[int]:
+    return exact_shares(total, [known for known, _ in counts], [weight for _, weight in counts])
+
+
 def _count(usage: dict[str, Any], name: str) -> int | None:
     value = usage.get(name)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def split_usage(
-    usage: Any, prompt_weights: list[int], completion_weights: list[int] | None = None
+    usage: Any,
+    prompt: list[Count],
+    completion: list[Count] | None = None,
 ) -> list[Any]:
-    """Each member's share of ``usage``; prompt and completion tokens split by their weights."""
-    members = len(prompt_weights)
+    """Each member's share of ``usage``: exact where its count is known, else by its weight."""
+    members = len(prompt)
     if not isinstance(usage, dict):
         return [usage] * members
-    prompt = _count(usage, "prompt_tokens") or 0
-    prompts = apportion(prompt, prompt_weights)
-    completion = _count(usage, "completion_tokens")
+    prompt_total = _count(usage, "prompt_tokens") or 0
+    prompts = _shares(prompt_total, prompt)
+    completion_total = _count(usage, "completion_tokens")
     completions = [0] * members
-    if completion is not None:
-        completions = apportion(completion, completion_weights or prompt_weights)
+    if completion_total is not None:
+        completions = _shares(completion_total, completion or prompt)
     total = _count(usage, "total_tokens")
-    if total is None or total == prompt + (completion or 0):
+    if total is None or total == prompt_total + (completion_total or 0):
         totals = [p + c for p, c in zip(prompts, completions, strict=True)]
     else:
         totals = apportion(total, [p + c for p, c in zip(prompts, completions, strict=True)])
     shares = []
     for i in range(members):
         share = {"prompt_tokens": prompts[i]}
-        if completion is not None:
+        if completion_total is not None:
             share["completion_tokens"] = completions[i]
         share["total_tokens"] = totals[i]
         shares.append(share)
@@ -139,7 +175,7 @@ def split_embeddings(answer: Any, members: list[Parsed]) -> list[dict[str, Any]]
     if not isinstance(answer, dict):
         raise SplitError("the answer is not a JSON object")
     data = _indexed(answer.get("data"), sum(len(m.items) for m in members))
-    usages = split_usage(answer.get("usage"), [sum(m.tokens) for m in members])
+    usages = split_usage(answer.get("usage"), [m.prompt for m in members])
     out, pos = [], 0
     for member, usage in zip(members, usages, strict=True):
         size = len(member.items)
@@ -154,7 +190,24 @@ def _words(choice: dict[str, Any]) -> int:
     return len(text.split()) if isinstance(text, str) else 0
 
 
-def split_completions(answer: Any, members: list[Parsed], n: int) -> list[dict[str, Any]]:
+def _logprob_tokens(choice: dict[str, Any]) -> int | None:
+    logprobs = choice.get("logprobs")
+    tokens = logprobs.get("tokens") if isinstance(logprobs, dict) else None
+    return len(tokens) if isinstance(tokens, list) else None
+
+
+def _completion(choices: list[dict[str, Any]], echo: bool) -> Count:
+    """Completion tokens of a member's choices: exact when each lists its tokens."""
+    weight = sum(_words(c) for c in choices)
+    counts = [_logprob_tokens(c) for c in choices]
+    if echo or any(count is None for count in counts):
+        return None, weight
+    return sum(count or 0 for count in counts), weight
+
+
+def split_completions(
+    answer: Any, members: list[Parsed], n: int, *, echo: bool = False
+) -> list[dict[str, Any]]:
     """One completions answer per member; choice ``prompt_i * n + j`` goes to prompt_i's caller."""
     if not isinstance(answer, dict):
         raise SplitError("the answer is not a JSON object")
@@ -166,8 +219,8 @@ def split_completions(answer: Any, members: list[Parsed], n: int) -> list[dict[s
         pos += size
     usages = split_usage(
         answer.get("usage"),
-        [sum(m.tokens) for m in members],
-        [sum(_words(c) for c in part) for part in parts],
+        [m.prompt for m in members],
+        [_completion(part, echo) for part in parts],
     )
     return [
         {**answer, "choices": part, "usage": usage}

@@ -1,10 +1,13 @@
 """Single flight across replicas: a claim in Redis, the leader's result published through it.
 
-One replica ``SET claim NX PX`` s the key and calls the upstream; the others subscribe to the
-key's channel and wait for the result (stored under a short-lived key, then announced), for at
-most ``coalescing.cross_replica_wait_s``. A dead leader's claim expires after ``claim_ttl_s``;
-a waiter that sees the claim gone without a result stops waiting and calls the upstream itself.
-Every Redis failure fails open: the request is then simply sent on its own.
+One replica takes the key's claim (a random token, ``SET NX PX``) and calls the upstream; the
+others learn the token of the claim they found, subscribe to the key's channel and wait for the
+result of *that* claim, for at most ``coalescing.cross_replica_wait_s``. A result is stored under
+its claim's token, so a caller never gets the answer of a call it did not wait for (an old
+error, say, while a newer call holds the claim). A dead leader's claim expires after
+``claim_ttl_s``; a waiter that sees its claim gone without a result takes the claim or waits for
+the next holder, within the same bound. Every Redis failure fails open: the request is then
+simply sent on its own.
 """
 
 from __future__ import annotations
@@ -35,6 +38,12 @@ _POLL_S = 0.2
 #: A published result only has to outlive the notification that announces it.
 _RESULT_TTL_MS = 5000
 
+_CLAIM = """
+local holder = redis.call('get', KEYS[1])
+if holder then return {0, holder} end
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1, ARGV[1]}
+"""
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
@@ -57,13 +66,17 @@ class FlightKeys:
     flight's keys in one Redis Cluster slot."""
 
     claim: str
-    result: str
     channel: str
+    results: str
 
     @classmethod
     def of(cls, prefix: str, flight_id: str) -> FlightKeys:
         base = f"{prefix}:flight:{{{flight_id}}}"
-        return cls(claim=f"{base}:claim", result=f"{base}:result", channel=f"{base}:done")
+        return cls(claim=f"{base}:claim", channel=f"{base}:done", results=f"{base}:result:")
+
+    def result(self, token: str) -> str:
+        """Where the answer of the claim ``token`` is published: only its waiters read it."""
+        return self.results + token
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +88,13 @@ class Record:
     body: bytes | None = None
     chunks: list[bytes] | None = None
     served: int = 1
+
+    @property
+    def size(self) -> int:
+        """Bytes of the answer's body or chunks."""
+        if self.chunks is not None:
+            return sum(len(chunk) for chunk in self.chunks)
+        return len(self.body or b"")
 
     def encode(self) -> bytes:
         parts = self.chunks if self.chunks is not None else [self.body or b""]
@@ -114,8 +134,19 @@ def _decoded(raw: bytes) -> Record:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
+    """A flight's claim: ``mine`` when this replica holds it, else the holder's ``token``."""
+
     keys: FlightKeys
     token: str
+    mine: bool = True
+
+
+class Lapsed:
+    """What :meth:`RemoteFlights.wait` returns when its claim is gone without a result."""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class RemoteFlights:
@@ -144,6 +175,7 @@ class RemoteFlights:
             name="single-flight redis",
             fallback="coalescing within this replica only",
         )
+        self._take = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)
         self._refresh = redis.register_script(_REFRESH)
         self._publish = redis.register_script(_PUBLISH)
@@ -152,40 +184,41 @@ class RemoteFlights:
         self.metrics.redis_errors.labels(op).inc()
         self.breaker.failed(op, exc)
 
-    async def _claim(self, flight_id: str) -> Claim | None:
-        """Take the claim, or ``None`` when another replica holds it; Redis errors propagate."""
-        keys = FlightKeys.of(self.prefix, flight_id)
-        token = secrets.token_hex(8)
+    async def _claim(self, keys: FlightKeys) -> Claim:
+        """Take the claim (our token) or learn who holds it (their token), in one step; Redis
+        errors propagate."""
         async with asyncio.timeout(self.op_timeout_s):
-            taken = await self.redis.set(keys.claim, token, nx=True, px=self.claim_ttl_ms)
-        return Claim(keys, token) if taken else None
+            taken, holder = await self._take(
+                keys=[keys.claim], args=[secrets.token_hex(8), self.claim_ttl_ms]
+            )
+        return Claim(keys, _text(holder), mine=bool(taken))
 
     async def acquire(self, flight_id: str) -> Claim | Record | None:
         """Lead (a :class:`Claim`), follow (the leader's :class:`Record`), or go alone (None)."""
         if not self.breaker.allow():
             return None
-        try:
-            claim = await self._claim(flight_id)
-            self.breaker.succeeded()
-            if claim is not None:
-                return claim
-        except _FAILURES as exc:
-            self._failed("flight_claim", exc)
-            return None  # Redis is down: nobody can coordinate, so do not wait for anybody
-        record = await self.wait(flight_id)
-        if record is not None:
-            return record
-        # The leader died or is too slow: take over its claim when it has lapsed.
-        try:
-            return await self._claim(flight_id)
-        except _FAILURES as exc:
-            self._failed("flight_claim", exc)
-            return None
-
-    async def wait(self, flight_id: str) -> Record | None:
-        """The claimed flight's result, or ``None`` after the bound or once the claim is gone."""
         keys = FlightKeys.of(self.prefix, flight_id)
         deadline = time.monotonic() + self.wait_s
+        while True:
+            try:
+                claim = await self._claim(keys)
+            except _FAILURES as exc:
+                self._failed("flight_claim", exc)
+                return None  # Redis is down: nobody can coordinate, so do not wait for anybody
+            self.breaker.succeeded()
+            if claim.mine:
+                return claim
+            if time.monotonic() >= deadline:
+                return None
+            outcome = await self.wait(claim, deadline)
+            if not isinstance(outcome, Lapsed):
+                return outcome
+            # Its leader gave up or died: take over, or wait for whoever did.
+
+    async def wait(self, claim: Claim, deadline: float) -> Record | Lapsed | None:
+        """The result of ``claim`` (another replica's), :class:`Lapsed` once that claim is no
+        longer held and left no result, ``None`` at ``deadline`` or on a failure (go alone)."""
+        keys = claim.keys
         op_timeout = self.op_timeout_s
         try:
             async with self.redis.pubsub() as pubsub:
@@ -193,11 +226,14 @@ class RemoteFlights:
                     await pubsub.subscribe(keys.channel)
                 while True:
                     async with asyncio.timeout(op_timeout), self.redis.pipeline() as pipe:
-                        claimed, raw = await pipe.exists(keys.claim).get(keys.result).execute()
+                        pipe.get(keys.claim).get(keys.result(claim.token))
+                        holder, raw = await pipe.execute()
                     if raw is not None:
                         return _decoded(raw)
+                    if holder is None or _text(holder) != claim.token:
+                        return Lapsed()
                     remaining = deadline - time.monotonic()
-                    if not claimed or remaining <= 0:
+                    if remaining <= 0:
                         return None
                     await pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=min(remaining, _POLL_S)
@@ -238,7 +274,7 @@ class RemoteFlights:
         try:
             async with asyncio.timeout(self.op_timeout_s * 4):
                 await self._publish(
-                    keys=[keys.claim, keys.result],
+                    keys=[keys.claim, keys.result(claim.token)],
                     args=[claim.token, record.encode(), _RESULT_TTL_MS, keys.channel],
                 )
         except _FAILURES as exc:

@@ -68,6 +68,11 @@ class _Flight:
         self.remote_served = 0  # ... and how many the replica that answered it served
 
     @property
+    def joinable(self) -> bool:
+        """A newcomer can still get the whole answer (a long stream is not kept whole)."""
+        return self.log is None or self.log.whole
+
+    @property
     def settled(self) -> bool:
         return self.ready.done() and (self.log is None or self.log.done)
 
@@ -89,12 +94,14 @@ class SingleFlight:
             if key is None:
                 return await next_stage(call)
             flight = self._flights.get(key)
-            if flight is not None:
+            leader = flight is None or not flight.joinable
+            if flight is None or leader:
+                flight = self._flights[key] = _Flight(key)
+                flight.task = asyncio.create_task(self._run(flight, call, next_stage))
+            else:
                 self.metrics.deduplicated.inc()
-                return await self._join(flight, leader=False)
-            flight = self._flights[key] = _Flight(key)
-            flight.task = asyncio.create_task(self._run(flight, call, next_stage))
-            return await self._join(flight, leader=True)
+            reply = await self._join(flight, leader=leader)
+            return reply if reply is not None else await next_stage(call)
 
         return single_flight
 
@@ -106,7 +113,9 @@ class SingleFlight:
 
     # --- waiters ---------------------------------------------------------------------------
 
-    async def _join(self, flight: _Flight, *, leader: bool) -> Reply:
+    async def _join(self, flight: _Flight, *, leader: bool) -> Reply | None:
+        """The flight's answer for one waiter; ``None`` when its stream has outgrown the bound
+        before this waiter got to it (another read past it first): it must go alone."""
         flight.refs += 1
         flight.joined += 1
         try:
@@ -126,10 +135,16 @@ class SingleFlight:
             self._release(flight)
             return Reply(reply.status, headers, body=reply.body, follower=follower)
 
+        if not flight.log.whole:
+            flight.joined -= 1  # not served by this flight after all
+            self._release(flight)
+            return None
+        stream = flight.log.reader()
+
         async def close() -> None:
+            stream.close()
             self._release(flight)
 
-        stream = flight.log.reader()
         return Reply(reply.status, headers, stream=stream, closer=close, follower=follower)
 
     def _release(self, flight: _Flight) -> None:
@@ -187,11 +202,17 @@ class SingleFlight:
                 record = Record(reply.status, list(reply.headers.items()), reply.body)
                 published = await self._publish(claim, record, flight)
                 return
-            chunks = flight.log = ChunkLog(reply.stream)
+            chunks = flight.log = ChunkLog(reply.stream, max_bytes=self.cache.max_entry_bytes)
             flight.ready.set_result(reply)
             # The readers drive the upstream read themselves (no pump: no added delay for the
             # leader); this task only waits for the end, to publish the recording.
             try:
+                if not await chunks.kept():
+                    # Too long to keep whole: newcomers, here and on other replicas, make their
+                    # own call; the readers already attached are served to the end.
+                    self._forget(flight)
+                    await self._give_up(claim)
+                    claim = None
                 ended_well = await chunks.finished()
             finally:
                 await reply.aclose()
@@ -200,11 +221,17 @@ class SingleFlight:
                 record = Record(reply.status, list(reply.headers.items()), chunks=chunks.chunks)
                 published = await self._publish(claim, record, flight)
         finally:
-            if claim is not None and not published and self.remote is not None:
-                await self.remote.release(claim)
+            if not published:
+                await self._give_up(claim)
+
+    async def _give_up(self, claim: Claim | None) -> None:
+        if claim is not None and self.remote is not None:
+            await self.remote.release(claim)
 
     async def _publish(self, claim: Claim | None, record: Record, flight: _Flight) -> bool:
-        if claim is None or self.remote is None:
+        """Hand the answer to other replicas' waiters; not one larger than the bound (they
+        then make their own call, as the cache would not keep it either)."""
+        if claim is None or self.remote is None or record.size > self.cache.max_entry_bytes:
             return False
         served = Record(record.status, record.headers, record.body, record.chunks, flight.joined)
         await self.remote.publish(claim, served)

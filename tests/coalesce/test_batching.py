@@ -316,3 +316,39 @@ async def test_account_headers_and_query_split_batches(
     sent = {orjson.dumps(orjson.loads(r.body)["input"]): r.headers for r in fake.state.requests}
     assert sent[b'"one"']["OpenAI-Organization"] == "org-1"
     assert sent[b'"two"']["OpenAI-Organization"] == "org-2"
+
+
+async def test_merged_completions_count_each_callers_tokens_exactly_from_logprobs(
+    make_proxy: ProxyFactory, fake: Fake, bg: BackgroundLoop
+) -> None:
+    """Issue 13 item 8: with ``logprobs`` each choice lists its tokens, so every caller's
+    ``completion_tokens`` is what it would have been alone (not a share by words)."""
+    proxy = make_proxy(batching(max_batch_size=2))
+
+    def choice(index: int, text: str, tokens: list[str]) -> dict[str, Any]:
+        logprobs = {"tokens": tokens, "token_logprobs": [-0.5] * len(tokens)}
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": "stop"}
+
+    merged = {
+        "id": "cmpl-merged",
+        "object": "text_completion",
+        "created": 1,
+        "model": CMPL_MODEL,
+        "choices": [
+            choice(0, "well said indeed", [" well said", " indeed"]),
+            choice(1, "ok", list("ok!")),
+        ],
+        "usage": {"prompt_tokens": 2, "completion_tokens": 5, "total_tokens": 7},
+    }
+    script(bg, fake, Scripted(200, merged, path=CMPL))
+    bodies = [
+        {"model": CMPL_MODEL, "prompt": [11], "logprobs": 1},
+        {"model": CMPL_MODEL, "prompt": [12], "logprobs": 1},
+    ]
+    outs = await post_all(proxy.base_url, CMPL, bodies)
+    assert calls(fake, CMPL) == 1
+    usages = [o[1]["usage"] for o in outs]
+    assert usages == [
+        {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+        {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4},
+    ]

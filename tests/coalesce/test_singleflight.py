@@ -9,8 +9,13 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from multidict import CIMultiDict
 
 from bench.fake_upstream import Scripted
+from proxy.call import Call, Reply
+from proxy.coalesce.singleflight import SingleFlight
+from proxy.keys import AUTH, DOOR, SETTINGS
+from proxy.metrics import Metrics
 from tests.coalesce.helpers import (
     CHAT,
     calls,
@@ -245,3 +250,88 @@ async def test_shared_cache_still_calls_with_each_clients_own_key(
     assert calls(fake, CHAT) == 2
     sent = [r.headers["Authorization"] for r in fake.state.requests]
     assert sent == [f"Bearer {KEY_A}", f"Bearer {KEY_B}"]
+
+
+LONG: Any = {
+    "model": "gpt-4o-mini",
+    "messages": [{"role": "user", "content": " ".join(f"word{i}" for i in range(150))}],
+    "stream": True,
+}
+
+
+async def test_a_stream_past_the_bound_is_not_kept_for_late_joiners(
+    make_proxy: ProxyFactory, fake: Fake, bg: BackgroundLoop
+) -> None:
+    """Issue 14 item 8: past ``cache.max_entry_bytes`` a late joiner makes its own call (and
+    gets a whole answer from it), while the callers already attached get every chunk."""
+    proxy = make_proxy({"cache": {"enabled": False, "max_entry_bytes": 4096}})
+    gate = open_gate(bg, fake)
+    set_state(bg, fake, chunk_delay_ms=10)  # ~150 chunks of ~200 bytes: about 1.5 s
+    url = f"{proxy.base_url}/chat/completions"
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY_A}"}) as session:
+        async with session.post(url, json=LONG) as leader, session.post(url, json=LONG) as early:
+            await wait_until(lambda: metric(proxy, "llm_proxy_deduplicated_total") == 1)
+            release(bg, gate)
+            head = await leader.content.readexactly(8192)  # so the flight is past the bound
+            assert fake.state.completed_streams == 0  # ... and still in flight
+            async with session.post(url, json=LONG) as late:
+                assert "X-Coalesced" not in late.headers
+                late_whole = await _read_sse(late)
+            leader_whole = head + await _read_sse(leader)
+            early_whole = await _read_sse(early)
+    assert leader_whole == early_whole == late_whole
+    assert leader_whole.count(b"data: ") == 154 and leader_whole.endswith(b"data: [DONE]\n\n")
+    assert calls(fake, CHAT) == 2
+    assert metric(proxy, "llm_proxy_deduplicated_total") == 1
+
+
+class _Burst:
+    """A stream whose chunks are all there at once (reads never suspend): 3 x 2000 bytes."""
+
+    def __init__(self) -> None:
+        self.left = 3
+
+    def __aiter__(self) -> _Burst:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self.left:
+            raise StopAsyncIteration
+        self.left -= 1
+        return b"x" * 2000
+
+
+async def test_a_waiter_that_finds_its_stream_past_the_bound_makes_its_own_call(
+    make_proxy: ProxyFactory,
+) -> None:
+    """Two waiters of one flight: the first reads past the bound before the second gets to the
+    log, which no longer has the first chunks: the second makes its own call, whole."""
+    proxy = make_proxy({"cache": {"enabled": False, "max_entry_bytes": 1024}})
+    identity = proxy.app[AUTH].identify({"Authorization": f"Bearer {KEY_A}"})
+    call = proxy.app[DOOR].build_call(
+        identity=identity, method="POST", path=CHAT, headers={}, body=b"{}", data=dict(STREAM)
+    )
+    sent = 0
+    gate = asyncio.Event()
+
+    async def upstream(_: Call) -> Reply:
+        nonlocal sent
+        sent += 1
+        await gate.wait()
+        return Reply(200, CIMultiDict({"Content-Type": "text/event-stream"}), stream=_Burst())
+
+    stage = SingleFlight(cache=proxy.app[SETTINGS].cache, metrics=Metrics()).wrap(upstream)
+
+    async def read() -> bytes:
+        reply = await stage(call)
+        assert reply.stream is not None
+        try:
+            return b"".join([chunk async for chunk in reply.stream])
+        finally:
+            await reply.aclose()
+
+    waiters = [asyncio.create_task(read()) for _ in range(2)]
+    await wait_until(lambda: sent == 1)
+    gate.set()
+    assert await asyncio.gather(*waiters) == [b"x" * 6000] * 2
+    assert sent == 2
