@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import logging
 import signal
@@ -15,6 +14,7 @@ from aiohttp import web
 from aiohttp.log import access_logger
 
 from .app import create_app
+from .auth import is_loopback
 from .config import ConfigError, Settings, load_config, masked_dump
 
 try:
@@ -68,25 +68,27 @@ async def serve(
         await runner.cleanup()
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to any interface
-
-
 def _warn_open_relay(settings: Settings, host: str) -> None:
-    """Passthrough sends an upstream's api_key for requests that bring no key of their own."""
+    """Passthrough sends an upstream's api_key for requests that bring no key of their own: to
+    loopback callers only, unless ``auth.lend_upstream_key`` lends it to everyone."""
     keyed = [u.name for u in settings.upstreams if u.api_key]
-    if settings.auth.mode == "passthrough" and keyed and not _is_loopback(host):
+    if settings.auth.mode != "passthrough" or not keyed or is_loopback(host):
+        return
+    names = ", ".join(repr(n) for n in keyed)
+    if settings.auth.lend_upstream_key:
         log.warning(
-            "auth.mode is passthrough, upstream %s has an api_key and the proxy listens on %s: "
-            "anyone who can reach the port can spend that key. Set auth.mode: keys (with "
-            "auth.keys) or listen on 127.0.0.1",
-            ", ".join(repr(n) for n in keyed),
+            "auth.mode is passthrough with auth.lend_upstream_key: true, upstream %s has an "
+            "api_key and the proxy listens on %s: anyone who can reach the port can spend that "
+            "key. Set auth.mode: keys (with auth.keys), lend_upstream_key: false, or listen on "
+            "127.0.0.1",
+            names,
             host,
+        )
+    else:
+        log.info(
+            "upstream %s has an api_key: it is sent for keyless requests from loopback only; "
+            "keyless callers from other hosts get 401 (auth.lend_upstream_key: false)",
+            names,
         )
 
 

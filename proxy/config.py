@@ -87,6 +87,9 @@ class UpstreamSettings(_Section):
     #: In passthrough mode, forward the client's own credential here. ``false``: this upstream
     #: only ever gets its ``api_key`` (keeps an OpenAI key away from a local or third-party server).
     pass_client_key: bool = True
+    #: The header this upstream's own ``api_key`` goes in: ``authorization`` (``Bearer``) or
+    #: ``api-key`` (Azure OpenAI). A client's own credential keeps the header it came in.
+    auth_header: Literal["authorization", "api-key"] = "authorization"
 
     @field_validator("base_url")
     @classmethod
@@ -132,6 +135,9 @@ class AuthSettings(_Section):
     keys: tuple[AuthKey, ...] = ()
     #: Keys allowed on admin routes (``DELETE /v1/cache``).
     admin_keys: tuple[AuthKey, ...] = ()
+    #: Passthrough: send an upstream's ``api_key`` for a keyless request from any address.
+    #: ``false``: only from loopback; other keyless callers get 401.
+    lend_upstream_key: bool = False
 
     @model_validator(mode="after")
     def _keys_given(self) -> AuthSettings:

@@ -99,10 +99,11 @@ def test_a_port_in_use_is_one_line_and_exit_2(config: Path) -> None:
     ]
 
 
-def test_passthrough_with_an_upstream_key_off_loopback_warns(tmp_path: Path, fake: Fake) -> None:
+def test_lending_the_upstream_key_off_loopback_warns(tmp_path: Path, fake: Fake) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(
         f"upstreams:\n  - name: paid\n    base_url: {fake.url}\n    api_key: sk-upstream-key\n"
+        "auth:\n  lend_upstream_key: true\n"
     )
     # 192.0.2.1 (TEST-NET-1) is never local: the warning comes, then the bind fails cleanly.
     proc = start("--config", str(path), "--host", "192.0.2.1", "--port", "0")
@@ -119,3 +120,15 @@ def test_passthrough_with_an_upstream_key_off_loopback_warns(tmp_path: Path, fak
     finally:
         err = stop(proc)
     assert "can spend" not in "".join(before) + err
+
+
+def test_keyless_callers_off_loopback_are_refused_so_no_warning(tmp_path: Path, fake: Fake) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"upstreams:\n  - name: paid\n    base_url: {fake.url}\n    api_key: sk-upstream-key\n"
+    )
+    proc = start("--config", str(path), "--host", "192.0.2.1", "--port", "0")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "cannot listen on 192.0.2.1:0" in err, err
+    assert "can spend" not in err
+    assert "auth.lend_upstream_key: false" in err and "sk-upstream-key" not in err
