@@ -1,4 +1,5 @@
-"""Command line: ``llm-proxy [--config PATH] [--host H] [--port P]`` and ``check-config PATH``."""
+"""Command line: ``llm-proxy [--version] [--config PATH] [--host H] [--port P]`` and
+``llm-proxy check-config PATH``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Callable, Sequence
 from aiohttp import web
 from aiohttp.log import access_logger
 
+from . import __version__
 from .app import create_app
 from .auth import is_loopback
 from .config import ConfigError, Settings, load_config, masked_dump
@@ -92,6 +94,16 @@ def _warn_open_relay(settings: Settings, host: str) -> None:
         )
 
 
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is outside 0-65535 (0: any free port)")
+    return port
+
+
 def _run(settings: Settings, host: str, port: int) -> None:
     app = create_app(settings)
     server = settings.server
@@ -110,8 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args[:1] == ["check-config"]:
-        parser = argparse.ArgumentParser(prog="llm-proxy check-config")
-        parser.add_argument("path")
+        parser = argparse.ArgumentParser(
+            prog="llm-proxy check-config",
+            description="Validate a config file; print the effective settings, secrets masked.",
+        )
+        parser.add_argument("path", help="YAML config file")
         ns = parser.parse_args(args[1:])
         try:
             settings = load_config(ns.path)
@@ -121,11 +136,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(masked_dump(settings), indent=2))
         return 0
     parser = argparse.ArgumentParser(
-        prog="llm-proxy", description="Reverse proxy for OpenAI-compatible APIs."
+        prog="llm-proxy",
+        usage="%(prog)s [-h] [--version] [--config PATH] [--host H] [--port P]\n"
+        "       %(prog)s check-config PATH",
+        description="Reverse proxy for OpenAI-compatible APIs.",
+        epilog="llm-proxy check-config PATH validates a config file and prints the effective "
+        "settings, secrets masked (exit 2 on a mistake).",
     )
-    parser.add_argument("--config", help="YAML config file (default: $LLM_PROXY_CONFIG)")
-    parser.add_argument("--host", help="listen address (default: server.host)")
-    parser.add_argument("--port", type=int, help="listen port (default: server.port, 8080)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--config", metavar="PATH", help="YAML config file (default: $LLM_PROXY_CONFIG)"
+    )
+    parser.add_argument("--host", metavar="H", help="listen address (default: server.host)")
+    parser.add_argument(
+        "--port",
+        metavar="P",
+        type=_port,
+        help="listen port, 0-65535, 0 for any free one (default: server.port, 8080)",
+    )
     ns = parser.parse_args(args)
     try:
         settings = load_config(ns.config)

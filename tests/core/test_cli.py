@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy import __version__
 from tests.conftest import Fake
 from tests.support import http
 
@@ -132,3 +133,22 @@ def test_keyless_callers_off_loopback_are_refused_so_no_warning(tmp_path: Path, 
     assert proc.returncode == 2 and "cannot listen on 192.0.2.1:0" in err, err
     assert "can spend" not in err
     assert "auth.lend_upstream_key: false" in err and "sk-upstream-key" not in err
+
+
+@pytest.mark.parametrize("port", ["70000", "65536", "-1"])
+def test_a_port_outside_the_range_is_refused(config: Path, port: str) -> None:
+    proc = start("--config", str(config), "--host", "127.0.0.1", "--port", port)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2, err
+    assert f"argument --port: {port} is outside 0-65535" in err and "Traceback" not in err
+
+
+def test_version_and_help() -> None:
+    version = subprocess.run(
+        [sys.executable, "-m", "proxy", "--version"], capture_output=True, text=True, timeout=30
+    )
+    assert version.returncode == 0 and version.stdout.strip() == f"llm-proxy {__version__}"
+    helped = subprocess.run(
+        [sys.executable, "-m", "proxy", "--help"], capture_output=True, text=True, timeout=30
+    )
+    assert helped.returncode == 0 and "check-config PATH" in helped.stdout
