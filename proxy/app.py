@@ -129,7 +129,7 @@ async def readiness_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     """Build the proxy application; every resource opens in a cleanup context."""
-    auth = Authenticator(settings.auth)
+    auth = Authenticator.for_settings(settings)
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
         middlewares=[error_middleware, auth_middleware(auth)],

@@ -115,8 +115,9 @@ class Call:
     """One upstream-bound request. Built once by a door; stages only read it.
 
     ``headers`` are the client's headers already stripped of hop-by-hop and credential headers;
-    ``credential`` is the client's own ``Authorization`` value to forward in passthrough mode
-    (``None``: the upstream's configured key is used).
+    ``credential`` is the client's own credential to forward in passthrough mode, as
+    ``"<header>: <value>"`` (:func:`proxy.auth.credential_header`); ``None``: the upstream's
+    configured key is used.
     """
 
     tenant: str

@@ -1,10 +1,10 @@
-"""Command line: ``llm-proxy [--config PATH] [--host H] [--port P]`` and ``check-config PATH``."""
+"""Command line: ``llm-proxy [--version] [--config PATH] [--host H] [--port P]`` and
+``llm-proxy check-config PATH``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import logging
 import signal
@@ -14,7 +14,9 @@ from collections.abc import Callable, Sequence
 from aiohttp import web
 from aiohttp.log import access_logger
 
+from . import __version__
 from .app import create_app
+from .auth import is_loopback
 from .config import ConfigError, Settings, load_config, masked_dump
 
 try:
@@ -70,26 +72,38 @@ async def serve(
         await runner.cleanup()
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to any interface
-
-
 def _warn_open_relay(settings: Settings, host: str) -> None:
-    """Passthrough sends an upstream's api_key for requests that bring no key of their own."""
+    """Passthrough sends an upstream's api_key for requests that bring no key of their own: to
+    loopback callers only, unless ``auth.lend_upstream_key`` lends it to everyone."""
     keyed = [u.name for u in settings.upstreams if u.api_key]
-    if settings.auth.mode == "passthrough" and keyed and not _is_loopback(host):
+    if settings.auth.mode != "passthrough" or not keyed or is_loopback(host):
+        return
+    names = ", ".join(repr(n) for n in keyed)
+    if settings.auth.lend_upstream_key:
         log.warning(
-            "auth.mode is passthrough, upstream %s has an api_key and the proxy listens on %s: "
-            "anyone who can reach the port can spend that key. Set auth.mode: keys (with "
-            "auth.keys) or listen on 127.0.0.1",
-            ", ".join(repr(n) for n in keyed),
+            "auth.mode is passthrough with auth.lend_upstream_key: true, upstream %s has an "
+            "api_key and the proxy listens on %s: anyone who can reach the port can spend that "
+            "key. Set auth.mode: keys (with auth.keys), lend_upstream_key: false, or listen on "
+            "127.0.0.1",
+            names,
             host,
         )
+    else:
+        log.info(
+            "upstream %s has an api_key: it is sent for keyless requests from loopback only; "
+            "keyless callers from other hosts get 401 (auth.lend_upstream_key: false)",
+            names,
+        )
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is outside 0-65535 (0: any free port)")
+    return port
 
 
 def _run(settings: Settings, host: str, port: int) -> None:
@@ -111,8 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args[:1] == ["check-config"]:
-        parser = argparse.ArgumentParser(prog="llm-proxy check-config")
-        parser.add_argument("path")
+        parser = argparse.ArgumentParser(
+            prog="llm-proxy check-config",
+            description="Validate a config file; print the effective settings, secrets masked.",
+        )
+        parser.add_argument("path", help="YAML config file")
         ns = parser.parse_args(args[1:])
         try:
             settings = load_config(ns.path)
@@ -122,11 +139,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(masked_dump(settings), indent=2))
         return 0
     parser = argparse.ArgumentParser(
-        prog="llm-proxy", description="Reverse proxy for OpenAI-compatible APIs."
+        prog="llm-proxy",
+        usage="%(prog)s [-h] [--version] [--config PATH] [--host H] [--port P]\n"
+        "       %(prog)s check-config PATH",
+        description="Reverse proxy for OpenAI-compatible APIs.",
+        epilog="llm-proxy check-config PATH validates a config file and prints the effective "
+        "settings, secrets masked (exit 2 on a mistake).",
     )
-    parser.add_argument("--config", help="YAML config file (default: $LLM_PROXY_CONFIG)")
-    parser.add_argument("--host", help="listen address (default: server.host)")
-    parser.add_argument("--port", type=int, help="listen port (default: server.port, 8080)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--config", metavar="PATH", help="YAML config file (default: $LLM_PROXY_CONFIG)"
+    )
+    parser.add_argument("--host", metavar="H", help="listen address (default: server.host)")
+    parser.add_argument(
+        "--port",
+        metavar="P",
+        type=_port,
+        help="listen port, 0-65535, 0 for any free one (default: server.port, 8080)",
+    )
     ns = parser.parse_args(args)
     try:
         settings = load_config(ns.config)

@@ -97,6 +97,9 @@ class UpstreamSettings(_Section):
     #: cache can answer JSON requests from it; clients that did not ask get none. ``false`` for
     #: servers that refuse ``stream_options``.
     stream_usage: bool = True
+    #: The header this upstream's own ``api_key`` goes in: ``authorization`` (``Bearer``) or
+    #: ``api-key`` (Azure OpenAI). A client's own credential keeps the header it came in.
+    auth_header: Literal["authorization", "api-key"] = "authorization"
 
     @field_validator("base_url")
     @classmethod
@@ -142,6 +145,9 @@ class AuthSettings(_Section):
     keys: tuple[AuthKey, ...] = ()
     #: Keys allowed on admin routes (``DELETE /v1/cache``).
     admin_keys: tuple[AuthKey, ...] = ()
+    #: Passthrough: send an upstream's ``api_key`` for a keyless request from any address.
+    #: ``false``: only from loopback; other keyless callers get 401.
+    lend_upstream_key: bool = False
 
     @model_validator(mode="after")
     def _keys_given(self) -> AuthSettings:

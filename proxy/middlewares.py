@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TypeVar
 
 from aiohttp import HttpVersion11, web
 from aiohttp.typedefs import Handler, Middleware
 
-from .auth import Authenticator
+from .auth import Authenticator, Identity
 from .errors import PayloadTooLarge, ProxyError, error_body
-from .keys import IDENTITY
+from .keys import AUTH, IDENTITY
 
-__all__ = ["answer_expect_in_openai_shape", "auth_middleware", "error_middleware", "json_error"]
+__all__ = [
+    "admin_route",
+    "answer_expect_in_openai_shape",
+    "auth_middleware",
+    "error_middleware",
+    "is_admin_route",
+    "json_error",
+    "require_admin",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +67,39 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 _PUBLIC = frozenset({"/healthz", "/readyz", "/metrics"})
+_ADMIN_MARK = "_llm_proxy_admin_route"
+
+H = TypeVar("H")
+
+
+def admin_route(handler: H) -> H:
+    """Mark a route's handler as an admin route: only keys from ``auth.admin_keys`` reach it,
+    in either ``auth.mode``, and ``request[IDENTITY]`` is the admin's (never forwarded)."""
+    setattr(handler, _ADMIN_MARK, True)
+    return handler
+
+
+def is_admin_route(request: web.Request) -> bool:
+    return getattr(request.match_info.handler, _ADMIN_MARK, False) is True
+
+
+def require_admin(request: web.Request) -> Identity:
+    """The admin identity of ``request``: 401 without a key, 403 with a key that is not an
+    admin key. For handlers that decide for themselves; :func:`admin_route` is the usual way."""
+    return request.app[AUTH].admin(request.headers)
 
 
 def auth_middleware(auth: Authenticator) -> Middleware:
-    """Sets ``request[IDENTITY]``; in ``keys`` mode a missing or wrong key gets 401."""
+    """Sets ``request[IDENTITY]``: an admin key on admin routes; elsewhere the client (in
+    ``keys`` mode a missing or wrong key gets 401, in passthrough a keyless caller off loopback
+    too unless ``auth.lend_upstream_key``)."""
 
     @web.middleware
     async def impl(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in _PUBLIC:
-            request[IDENTITY] = auth.identify(request.headers)
+        if is_admin_route(request):
+            request[IDENTITY] = auth.admin(request.headers)
+        elif request.path not in _PUBLIC:
+            request[IDENTITY] = auth.identify(request.headers, peer=request.remote)
         return await handler(request)
 
     return impl

@@ -13,6 +13,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import Counter
 from yarl import URL
 
+from .auth import credential_header
 from .call import Call, Reply
 from .config import Settings, UpstreamSettings
 from .errors import ModelNotFound, NotFound, UpstreamError, UpstreamTimeout
@@ -95,7 +96,7 @@ class Upstream:
         self.name = settings.name
         self.session = session
         self.base_url = settings.base_url
-        self._auth = f"Bearer {settings.api_key}" if settings.api_key else None
+        self._auth = _own_key_header(settings)
         self._pass_client_key = settings.pass_client_key
         self._extra_headers = dict(settings.headers)
         self._timeout = aiohttp.ClientTimeout(
@@ -122,9 +123,13 @@ class Upstream:
         headers = dict(call.headers)
         if self._extra_headers:
             headers.update(self._extra_headers)
-        auth = (call.credential if self._pass_client_key else None) or self._auth
-        if auth:
-            headers["Authorization"] = auth
+        if self._pass_client_key and call.credential is not None:
+            name, value = credential_header(call.credential)
+        elif self._auth is not None:
+            name, value = self._auth
+        else:
+            return headers
+        headers[name] = value
         return headers
 
     async def send(self, call: Call, *, data: Any = None, stream_reply: bool = False) -> Reply:
@@ -164,6 +169,15 @@ class Upstream:
 
 
 _FAILURE_TEXT = {"unreachable": "is unreachable", "broken": "broke off its answer"}
+
+
+def _own_key_header(settings: UpstreamSettings) -> tuple[str, str] | None:
+    """The header that carries the upstream's own ``api_key``, per ``auth_header``."""
+    if not settings.api_key:
+        return None
+    if settings.auth_header == "api-key":
+        return "api-key", settings.api_key
+    return "Authorization", f"Bearer {settings.api_key}"
 
 
 def _has_glob(pattern: str) -> bool:

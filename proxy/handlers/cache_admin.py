@@ -18,7 +18,8 @@ from aiohttp import web
 
 from ..cache.keys import SHARED_SCOPE
 from ..errors import InvalidRequest, NotFound
-from ..keys import AUTH, CACHE
+from ..keys import AUTH, CACHE, IDENTITY
+from ..middlewares import admin_route
 
 __all__ = ["TENANT_KEY_HEADER", "clear_cache"]
 
@@ -36,7 +37,7 @@ def _scope(request: web.Request) -> str | None:
     if tenant_key is not None:
         return auth.identify({"Authorization": f"Bearer {tenant_key}"}).tenant
     if tenant == "self":
-        return auth.identify(request.headers).tenant
+        return request[IDENTITY].tenant  # the admin key's own part
     if tenant is not None and not _TENANT.fullmatch(tenant):
         raise InvalidRequest(
             "'tenant' must be a tenant id (t_ and 32 hex digits), 'anonymous', 'shared' or 'self'",
@@ -45,9 +46,9 @@ def _scope(request: web.Request) -> str | None:
     return tenant
 
 
+@admin_route
 async def clear_cache(request: web.Request) -> web.Response:
-    """Delete cache entries; admin only."""
-    request.app[AUTH].require_admin(request.headers)
+    """Delete cache entries; admin only (in either auth mode)."""
     cache = request.app[CACHE]
     if cache is None:
         raise NotFound("The response cache is disabled (cache.enabled: false)")

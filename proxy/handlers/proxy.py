@@ -10,7 +10,8 @@ from typing import Any
 from urllib.parse import unquote
 
 import orjson
-from aiohttp import StreamReader, web
+from aiohttp import StreamReader, hdrs, web
+from multidict import CIMultiDict
 
 from ..auth import Identity
 from ..call import CacheControl, Call, Next, Reply, vary_of
@@ -59,6 +60,15 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
             code="invalid_json",
         )
     return data
+
+
+def _undeclared_json(body: bytes) -> dict[str, Any] | None:
+    """A body sent without a Content-Type is JSON when it parses as a JSON object."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 class ProxyDoor:
@@ -148,18 +158,27 @@ class ProxyDoor:
         identity: Identity = request[IDENTITY]
         url = request.rel_url
         path, query = safe_path(url.raw_path), url.raw_query_string
-        if request.method == "POST" and not request.content_type.startswith(_STREAMED_TYPES):
+        # The type the client sent: aiohttp reports a missing one as application/octet-stream.
+        declared = request.headers.get(hdrs.CONTENT_TYPE) or None
+        if request.method == "POST" and not (declared or "").startswith(_STREAMED_TYPES):
             body = await self.read_body(request)
-            if not body:  # e.g. the SDK's cancel calls: nothing to parse or route by
-                reply = await self.passthrough(request, identity, path, query, body=b"")
+            headers: Mapping[str, str] = request.headers
+            data = _undeclared_json(body) if declared is None else None
+            if declared is None and data is not None:
+                # Decided: it is JSON, and the upstream is told so.
+                headers = CIMultiDict(request.headers)
+                headers[hdrs.CONTENT_TYPE] = "application/json"
+            elif not body or declared is None:
+                # Empty (e.g. the SDK's cancel calls) or untyped bytes: nothing to route by.
+                reply = await self.passthrough(request, identity, path, query, body=body)
                 return await write_reply(request, reply)
             call = self.build_call(
                 identity=identity,
                 method="POST",
                 path=path,
-                headers=request.headers,
+                headers=headers,
                 body=body,
-                data=parse_json_object(body),
+                data=parse_json_object(body) if data is None else data,
                 query=query,
             )
             if self.async_door is not None and "respond-async" in request.headers.get("Prefer", ""):

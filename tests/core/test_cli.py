@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy import __version__
 from tests.conftest import Fake
 from tests.support import http
 
@@ -99,10 +100,11 @@ def test_a_port_in_use_is_one_line_and_exit_2(config: Path) -> None:
     ]
 
 
-def test_passthrough_with_an_upstream_key_off_loopback_warns(tmp_path: Path, fake: Fake) -> None:
+def test_lending_the_upstream_key_off_loopback_warns(tmp_path: Path, fake: Fake) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(
         f"upstreams:\n  - name: paid\n    base_url: {fake.url}\n    api_key: sk-upstream-key\n"
+        "auth:\n  lend_upstream_key: true\n"
     )
     # 192.0.2.1 (TEST-NET-1) is never local: the warning comes, then the bind fails cleanly.
     proc = start("--config", str(path), "--host", "192.0.2.1", "--port", "0")
@@ -119,3 +121,34 @@ def test_passthrough_with_an_upstream_key_off_loopback_warns(tmp_path: Path, fak
     finally:
         err = stop(proc)
     assert "can spend" not in "".join(before) + err
+
+
+def test_keyless_callers_off_loopback_are_refused_so_no_warning(tmp_path: Path, fake: Fake) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"upstreams:\n  - name: paid\n    base_url: {fake.url}\n    api_key: sk-upstream-key\n"
+    )
+    proc = start("--config", str(path), "--host", "192.0.2.1", "--port", "0")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "cannot listen on 192.0.2.1:0" in err, err
+    assert "can spend" not in err
+    assert "auth.lend_upstream_key: false" in err and "sk-upstream-key" not in err
+
+
+@pytest.mark.parametrize("port", ["70000", "65536", "-1"])
+def test_a_port_outside_the_range_is_refused(config: Path, port: str) -> None:
+    proc = start("--config", str(config), "--host", "127.0.0.1", "--port", port)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2, err
+    assert f"argument --port: {port} is outside 0-65535" in err and "Traceback" not in err
+
+
+def test_version_and_help() -> None:
+    version = subprocess.run(
+        [sys.executable, "-m", "proxy", "--version"], capture_output=True, text=True, timeout=30
+    )
+    assert version.returncode == 0 and version.stdout.strip() == f"llm-proxy {__version__}"
+    helped = subprocess.run(
+        [sys.executable, "-m", "proxy", "--help"], capture_output=True, text=True, timeout=30
+    )
+    assert helped.returncode == 0 and "check-config PATH" in helped.stdout

@@ -148,10 +148,10 @@ def test_passthrough_forwards_the_client_key(make_proxy: ProxyFactory, fake: Fak
     # No client key: the upstream's own.
     http.post(f"{proxy.base_url}/chat/completions", CHAT)
     assert fake.state.requests[-1].headers["Authorization"] == "Bearer sk-upstream"
-    # Azure-style api-key header is accepted as the client's credential too.
+    # Azure-style api-key header is accepted as the client's credential too, and forwarded in it.
     http.post(f"{proxy.base_url}/chat/completions", CHAT, {"api-key": "sk-azure"})
     seen = fake.state.requests[-1].headers
-    assert seen["Authorization"] == "Bearer sk-azure" and "api-key" not in seen
+    assert seen["api-key"] == "sk-azure" and "Authorization" not in seen
 
 
 def test_keys_mode_sends_the_upstream_key(make_proxy: ProxyFactory, fake: Fake) -> None:
