@@ -32,6 +32,7 @@ from .forms import (
     synthesize,
 )
 from .keys import digest_of, drop_fields, is_deterministic, request_key
+from .responses import RESPONSES, is_background, render_events, storable, to_json
 
 __all__ = ["HIT", "MISS", "BYPASS", "ResponseCache"]
 
@@ -126,6 +127,9 @@ class ResponseCache:
         return reply
 
     def _eligible(self, call: Call) -> bool:
+        assert call.json is not None
+        if call.path == RESPONSES and is_background(call.json):
+            return False  # answered ``queued``: not a result to repeat
         if not self.settings.only_deterministic or call.path not in SAMPLING_ROUTES:
             return True
         assert call.json is not None
@@ -155,11 +159,11 @@ class ResponseCache:
             return
         if reply.stream is None:
             body = reply.body or b""
-            if len(body) <= self.settings.max_entry_bytes and not carries_error(body, sse=False):
+            if len(body) <= self.settings.max_entry_bytes and _storable(call.path, body, sse=False):
                 entry = self._entry(reply, form="json", payload=body)
                 await self.backend.set(key, entry.encode(), ttl_s=ttl_s)
         elif reply.headers.get("Content-Type", "").startswith("text/event-stream"):
-            reply.stream = self._record(reply, reply.stream, key=key, ttl_s=ttl_s)
+            reply.stream = self._record(reply, reply.stream, key=key, ttl_s=ttl_s, path=call.path)
 
     def _entry(
         self, reply: Reply, *, form: str, payload: bytes, sizes: tuple[int, ...] = ()
@@ -175,7 +179,7 @@ class ResponseCache:
         )
 
     async def _record(
-        self, reply: Reply, source: AsyncIterator[bytes], *, key: str, ttl_s: float
+        self, reply: Reply, source: AsyncIterator[bytes], *, key: str, ttl_s: float, path: str
     ) -> AsyncIterator[bytes]:
         """Pass every chunk on at once, keeping a copy; store once the stream ended properly.
 
@@ -193,10 +197,19 @@ class ResponseCache:
             yield chunk
         if chunks:
             payload = b"".join(chunks)
-            if is_complete(payload) and not carries_error(payload, sse=True):
+            if _storable(path, payload, sse=True):
                 sizes = tuple(len(c) for c in chunks)
                 entry = self._entry(reply, form="sse", payload=payload, sizes=sizes)
                 await self.backend.set(key, entry.encode(), ttl_s=ttl_s)
+
+
+def _storable(path: str, payload: bytes, *, sse: bool) -> bool:
+    """Whether a 2xx answer is complete and no error in disguise."""
+    if path == RESPONSES:
+        return storable(payload, sse=sse)
+    if sse and not is_complete(payload):
+        return False
+    return not carries_error(payload, sse=sse)
 
 
 def _forbids_store(headers: CIMultiDict[str]) -> bool:
@@ -230,6 +243,8 @@ def _hit_headers(entry: Entry, key: str, age: float, content_type: str | None) -
 
 def _serve(call: Call, entry: Entry, key: str, age: float) -> Reply | None:
     """The entry in the form ``call`` asks for, or ``None`` when it cannot be made from it."""
+    if call.path == RESPONSES:
+        return _serve_response(call, entry, key, age)
     convertible = call.path in CONVERTIBLE
     if entry.form == "json":
         if not (call.stream and convertible):
@@ -250,6 +265,22 @@ def _serve(call: Call, entry: Entry, key: str, age: float) -> Reply | None:
     if body is None:
         return None
     return Reply(entry.status, _hit_headers(entry, key, age, _JSON_TYPE), body=body)
+
+
+def _serve_response(call: Call, entry: Entry, key: str, age: float) -> Reply | None:
+    """A Responses API entry: a recorded stream is replayed as recorded or read as its final
+    object; a JSON one is sent as is or rendered as events."""
+    if entry.form == "sse":
+        if call.stream:
+            return _stream_reply(entry, key, age, entry.chunks(), keep_type=True)
+        body = to_json(entry.payload)
+        if body is None:
+            return None
+        return Reply(entry.status, _hit_headers(entry, key, age, _JSON_TYPE), body=body)
+    if not call.stream:
+        return Reply(entry.status, _hit_headers(entry, key, age, None), body=entry.payload)
+    chunks = render_events(entry.payload)
+    return None if chunks is None else _stream_reply(entry, key, age, chunks)
 
 
 def _stream_reply(
