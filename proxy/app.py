@@ -25,6 +25,7 @@ from .keys import (
     CACHE,
     DOOR,
     METRICS,
+    ORIGINS,
     PIPELINE,
     READINESS,
     REDIS,
@@ -35,6 +36,7 @@ from .keys import (
 from .metrics import Metrics
 from .middlewares import auth_middleware, error_middleware
 from .redis_client import open_redis
+from .responses import add_response_routes, responses_ctx
 from .upstream import Router, Upstream
 
 __all__ = ["create_app"]
@@ -110,9 +112,10 @@ async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Compose the stages: cache -> singleflight -> batcher -> upstream; build the HTTP door."""
+    """Compose the stages: cache -> origins -> singleflight -> batcher -> upstream; build the
+    HTTP door."""
     pipeline: Next = upstream_stage
-    for key in (BATCHER, SINGLEFLIGHT, CACHE):
+    for key in (BATCHER, SINGLEFLIGHT, ORIGINS, CACHE):
         stage = app[key]
         if stage is not None:
             pipeline = stage.wrap(pipeline)
@@ -144,6 +147,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(models_ctx)
     app.cleanup_ctx.append(cache_ctx)
     app.cleanup_ctx.append(coalesce_ctx)
+    app.cleanup_ctx.append(responses_ctx)
     app.cleanup_ctx.append(pipeline_ctx)
     app.cleanup_ctx.append(jobs_ctx)
 
@@ -154,5 +158,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/models/{model:.+}", model_handler)
     add_cache_routes(app)
     add_job_routes(app)
+    add_response_routes(app)
     app.router.add_route("*", "/v1/{tail:.*}", proxy_handler)
     return app

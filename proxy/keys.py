@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .handlers.models import ModelList
     from .handlers.proxy import ProxyDoor
     from .metrics import Metrics
+    from .responses import OriginStage
     from .upstream import Router
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "JOBS",
     "METRICS",
     "MODEL_LIST",
+    "ORIGINS",
     "PIPELINE",
     "READINESS",
     "REDIS",
@@ -51,6 +53,8 @@ SINGLEFLIGHT: web.AppKey[Stage | None] = web.AppKey("singleflight")
 BATCHER: web.AppKey[Stage | None] = web.AppKey("batcher")
 #: The composed pipeline: every door (HTTP, job worker, batch runner) calls this.
 PIPELINE: web.AppKey[Next] = web.AppKey("pipeline")
+#: Which upstream created each response id; a pipeline stage that notes them.
+ORIGINS: web.AppKey[OriginStage] = web.AppKey("origins")
 #: The job service (``proxy.jobs``), ``None`` when jobs are off.
 JOBS: web.AppKey[Any] = web.AppKey("jobs")
 

@@ -1,0 +1,157 @@
+"""Which upstream created a response: ``resp_...`` id -> upstream name, for the cache's TTL.
+
+A stored response lives on the upstream that created it, so ``GET /v1/responses/{id}``,
+``DELETE``, ``POST .../cancel`` and ``GET .../input_items`` must go back there. The
+:class:`OriginStage` notes the id of every successful ``POST /v1/responses`` answer that came
+from an upstream (streams: from their first event, ``response.created``); the door for those
+routes asks :meth:`Origins.lookup`. Memory for one process, Redis (``<prefix>:responses:origin:
+<id>``) when ``redis.url`` is set, so every replica knows. Both fail open: an id nobody
+remembers goes to the default upstream, as it did before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import orjson
+from cachetools import TLRUCache
+from redis.exceptions import RedisError
+
+from ..cache.responses import RESPONSES
+from ..call import Call, Next, Reply
+from ..config import CacheSettings
+
+__all__ = ["MemoryOrigins", "OriginStage", "Origins", "RedisOrigins"]
+
+log = logging.getLogger(__name__)
+
+#: Ids remembered by one process at most (about 150 bytes each).
+MAX_REMEMBERED = 100_000
+#: A stream whose first event is larger than this is not searched for its id.
+_MAX_HEAD_BYTES = 64 * 1024
+_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+
+
+class Origins(Protocol):
+    async def remember(self, response_id: str, upstream: str, *, ttl_s: float) -> None: ...
+
+    async def lookup(self, response_id: str) -> str | None:
+        """The upstream that created ``response_id``, or ``None`` when unknown."""
+        ...
+
+
+def _expires(_key: str, value: tuple[str, float], now: float) -> float:
+    return now + value[1]
+
+
+class MemoryOrigins:
+    """One process's memory: bounded, each id with its own TTL."""
+
+    def __init__(self, *, max_entries: int = MAX_REMEMBERED) -> None:
+        self._ids: TLRUCache[str, tuple[str, float]] = TLRUCache(
+            maxsize=max_entries, ttu=_expires, timer=time.monotonic
+        )
+
+    async def remember(self, response_id: str, upstream: str, *, ttl_s: float) -> None:
+        self._ids[response_id] = (upstream, ttl_s)
+
+    async def lookup(self, response_id: str) -> str | None:
+        found = self._ids.get(response_id)
+        return None if found is None else found[0]
+
+
+class RedisOrigins:
+    """Shared by every replica; each operation bounded by ``redis.op_timeout_ms``."""
+
+    def __init__(self, client: Any, *, prefix: str, op_timeout_s: float) -> None:
+        self.client = client
+        self.prefix = f"{prefix}:responses:origin:"
+        self.timeout_s = op_timeout_s
+
+    async def remember(self, response_id: str, upstream: str, *, ttl_s: float) -> None:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.client.set(self.prefix + response_id, upstream, px=int(ttl_s * 1000))
+        except _REDIS_ERRORS as exc:
+            log.warning("could not remember the upstream of a response: %s", type(exc).__name__)
+
+    async def lookup(self, response_id: str) -> str | None:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                raw = await self.client.get(self.prefix + response_id)
+        except _REDIS_ERRORS as exc:
+            log.warning("could not look up the upstream of a response: %s", type(exc).__name__)
+            return None
+        if raw is None:
+            return None
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+class OriginStage:
+    """Notes the creating upstream of every response an upstream answered (not hits, not
+    coalesced followers: the call that reached the upstream noted it)."""
+
+    def __init__(self, origins: Origins, *, cache: CacheSettings) -> None:
+        self.origins = origins
+        self._ttl_s = cache.route_ttl_s.get(RESPONSES, cache.default_ttl_s)
+
+    def wrap(self, next_stage: Next) -> Next:
+        async def note_origin(call: Call) -> Reply:
+            reply = await next_stage(call)
+            if call.path != RESPONSES or call.method != "POST" or not reply.ok or reply.follower:
+                return reply
+            ttl_s = max(self._ttl_s, call.cache.ttl_s or 0.0)
+            if reply.stream is None:
+                await self._note(_id_of(reply.body or b""), call, ttl_s)
+            else:
+                reply.stream = self._sniff(reply.stream, call, ttl_s)
+            return reply
+
+        return note_origin
+
+    async def _note(self, response_id: str | None, call: Call, ttl_s: float) -> None:
+        if response_id is not None:
+            await self.origins.remember(response_id, call.upstream.name, ttl_s=ttl_s)
+
+    async def _sniff(
+        self, source: AsyncIterator[bytes], call: Call, ttl_s: float
+    ) -> AsyncIterator[bytes]:
+        """Pass every chunk on at once; note the id once the first event is complete."""
+        head: bytes | None = b""
+        async for chunk in source:
+            yield chunk
+            if head is None:
+                continue
+            head += chunk
+            first, sep, _ = head.replace(b"\r\n", b"\n").partition(b"\n\n")
+            if sep:
+                head = None
+                await self._note(_id_of_event(first), call, ttl_s)
+            elif len(head) > _MAX_HEAD_BYTES:
+                head = None
+
+
+def _id_of(body: bytes) -> str | None:
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    found = obj.get("id") if isinstance(obj, dict) else None
+    return found if isinstance(found, str) and found else None
+
+
+def _id_of_event(block: bytes) -> str | None:
+    data = b"\n".join(
+        line[5:].removeprefix(b" ") for line in block.split(b"\n") if line.startswith(b"data:")
+    )
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    response = event.get("response") if isinstance(event, dict) else None
+    found = response.get("id") if isinstance(response, dict) else None
+    return found if isinstance(found, str) and found else None
