@@ -7,6 +7,9 @@ from an upstream (streams: from their first event, ``response.created``); the do
 routes asks :meth:`Origins.lookup`. Memory for one process, Redis (``<prefix>:responses:origin:
 <id>``) when ``redis.url`` is set, so every replica knows. Both fail open: an id nobody
 remembers goes to the default upstream, as it did before.
+
+Each id also keeps the cache key its answer was stored under, so that deleting the response
+upstream drops the cached copy too: a hit must not hand out an id the upstream no longer has.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -25,7 +29,7 @@ from ..cache.responses import RESPONSES
 from ..call import Call, Next, Reply
 from ..config import CacheSettings
 
-__all__ = ["MemoryOrigins", "OriginStage", "Origins", "RedisOrigins"]
+__all__ = ["MemoryOrigins", "Origin", "OriginStage", "Origins", "RedisOrigins"]
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +40,38 @@ _MAX_HEAD_BYTES = 64 * 1024
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 
-class Origins(Protocol):
-    async def remember(self, response_id: str, upstream: str, *, ttl_s: float) -> None: ...
+@dataclass(frozen=True, slots=True)
+class Origin:
+    #: The name of the upstream that created the response.
+    upstream: str
+    #: The cache key of the request that created it (``None``: not a cached route).
+    cache_key: str | None = None
 
-    async def lookup(self, response_id: str) -> str | None:
-        """The upstream that created ``response_id``, or ``None`` when unknown."""
+    def encode(self) -> bytes:
+        return orjson.dumps([self.upstream, self.cache_key])
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Origin | None:
+        try:
+            upstream, cache_key = orjson.loads(raw)
+        except (orjson.JSONDecodeError, TypeError, ValueError):
+            return None
+        if not isinstance(upstream, str) or not isinstance(cache_key, str | None):
+            return None
+        return cls(upstream, cache_key)
+
+
+class Origins(Protocol):
+    async def remember(self, response_id: str, origin: Origin, *, ttl_s: float) -> None: ...
+
+    async def lookup(self, response_id: str) -> Origin | None:
+        """Where ``response_id`` was created, or ``None`` when unknown."""
         ...
 
+    async def forget(self, response_id: str) -> None: ...
 
-def _expires(_key: str, value: tuple[str, float], now: float) -> float:
+
+def _expires(_key: str, value: tuple[Origin, float], now: float) -> float:
     return now + value[1]
 
 
@@ -52,16 +79,19 @@ class MemoryOrigins:
     """One process's memory: bounded, each id with its own TTL."""
 
     def __init__(self, *, max_entries: int = MAX_REMEMBERED) -> None:
-        self._ids: TLRUCache[str, tuple[str, float]] = TLRUCache(
+        self._ids: TLRUCache[str, tuple[Origin, float]] = TLRUCache(
             maxsize=max_entries, ttu=_expires, timer=time.monotonic
         )
 
-    async def remember(self, response_id: str, upstream: str, *, ttl_s: float) -> None:
-        self._ids[response_id] = (upstream, ttl_s)
+    async def remember(self, response_id: str, origin: Origin, *, ttl_s: float) -> None:
+        self._ids[response_id] = (origin, ttl_s)
 
-    async def lookup(self, response_id: str) -> str | None:
+    async def lookup(self, response_id: str) -> Origin | None:
         found = self._ids.get(response_id)
         return None if found is None else found[0]
+
+    async def forget(self, response_id: str) -> None:
+        self._ids.pop(response_id, None)
 
 
 class RedisOrigins:
@@ -72,23 +102,29 @@ class RedisOrigins:
         self.prefix = f"{prefix}:responses:origin:"
         self.timeout_s = op_timeout_s
 
-    async def remember(self, response_id: str, upstream: str, *, ttl_s: float) -> None:
+    async def remember(self, response_id: str, origin: Origin, *, ttl_s: float) -> None:
+        name, value, ttl_ms = self.prefix + response_id, origin.encode(), int(ttl_s * 1000)
         try:
             async with asyncio.timeout(self.timeout_s):
-                await self.client.set(self.prefix + response_id, upstream, px=int(ttl_s * 1000))
+                await self.client.set(name, value, px=ttl_ms)
         except _REDIS_ERRORS as exc:
             log.warning("could not remember the upstream of a response: %s", type(exc).__name__)
 
-    async def lookup(self, response_id: str) -> str | None:
+    async def lookup(self, response_id: str) -> Origin | None:
         try:
             async with asyncio.timeout(self.timeout_s):
                 raw = await self.client.get(self.prefix + response_id)
         except _REDIS_ERRORS as exc:
             log.warning("could not look up the upstream of a response: %s", type(exc).__name__)
             return None
-        if raw is None:
-            return None
-        return raw.decode() if isinstance(raw, bytes) else str(raw)
+        return None if raw is None else Origin.decode(raw)
+
+    async def forget(self, response_id: str) -> None:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.client.unlink(self.prefix + response_id)
+        except _REDIS_ERRORS as exc:
+            log.warning("could not forget the upstream of a response: %s", type(exc).__name__)
 
 
 class OriginStage:
@@ -115,7 +151,8 @@ class OriginStage:
 
     async def _note(self, response_id: str | None, call: Call, ttl_s: float) -> None:
         if response_id is not None:
-            await self.origins.remember(response_id, call.upstream.name, ttl_s=ttl_s)
+            origin = Origin(call.upstream.name, call.key)
+            await self.origins.remember(response_id, origin, ttl_s=ttl_s)
 
     async def _sniff(
         self, source: AsyncIterator[bytes], call: Call, ttl_s: float

@@ -89,3 +89,22 @@ def test_another_replica_knows_through_redis(
     made = one.client().responses.create(model=OTHER_MODEL, input="across replicas")
     assert two.client().responses.retrieve(made.id).id == made.id
     assert second.state.calls[f"/v1/responses/{made.id}"] == 1
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_deleting_a_response_drops_its_cached_copy(
+    two_upstreams: Any, second: Fake, backend: str, redis_url: str
+) -> None:
+    config: dict[str, Any] = {}
+    if backend == "redis":
+        config = {"cache": {"backend": "redis"}, "redis": {"url": redis_url}}
+    client = two_upstreams(config).client()
+    made = client.responses.create(model=OTHER_MODEL, input="short lived")
+    hit = client.responses.with_raw_response.create(model=OTHER_MODEL, input="short lived")
+    assert hit.headers["x-cache"] == "HIT"
+    client.responses.delete(made.id)
+    # A hit would hand out an id the upstream no longer has: the next one asks it again.
+    again = client.responses.with_raw_response.create(model=OTHER_MODEL, input="short lived")
+    assert again.headers["x-cache"] == "MISS"
+    assert second.state.calls["/v1/responses"] == 2
+    assert client.responses.retrieve(made.id).id == made.id  # (the fake made it anew)
