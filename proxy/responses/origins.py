@@ -157,19 +157,25 @@ class OriginStage:
     async def _sniff(
         self, source: AsyncIterator[bytes], call: Call, ttl_s: float
     ) -> AsyncIterator[bytes]:
-        """Pass every chunk on at once; note the id once the first event is complete."""
+        """Pass every chunk on at once; note the id from the first event that names one
+        (``response.created``; comments and keep-alives before it are skipped)."""
         head: bytes | None = b""
+        seen = 0
         async for chunk in source:
             yield chunk
             if head is None:
                 continue
-            head += chunk
-            first, sep, _ = head.replace(b"\r\n", b"\n").partition(b"\n\n")
-            if sep:
-                head = None
-                await self._note(_id_of_event(first), call, ttl_s)
-            elif len(head) > _MAX_HEAD_BYTES:
-                head = None
+            seen += len(chunk)
+            head += chunk.replace(b"\r\n", b"\n")
+            while head is not None:
+                block, sep, rest = head.partition(b"\n\n")
+                if not sep:
+                    head = None if seen > _MAX_HEAD_BYTES else head
+                    break
+                found = _id_of_event(block)
+                head = None if found is not None or seen > _MAX_HEAD_BYTES else rest
+                if found is not None:
+                    await self._note(found, call, ttl_s)
 
 
 def _id_of(body: bytes) -> str | None:
@@ -185,6 +191,8 @@ def _id_of_event(block: bytes) -> str | None:
     data = b"\n".join(
         line[5:].removeprefix(b" ") for line in block.split(b"\n") if line.startswith(b"data:")
     )
+    if not data:
+        return None
     try:
         event = orjson.loads(data)
     except orjson.JSONDecodeError:
