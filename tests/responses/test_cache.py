@@ -11,6 +11,7 @@ from bench.fake_upstream import (
     RESPONSES_ERROR_WORD,
     RESPONSES_FAILED_WORD,
     RESPONSES_INCOMPLETE_WORD,
+    Scripted,
 )
 from tests.cache.conftest import http_chunks
 from tests.conftest import KEY_A, KEY_B, Fake, Proxy, ProxyFactory
@@ -36,6 +37,7 @@ def test_create_repeated_is_a_hit_with_the_same_object(cached: Proxy, fake: Fake
     second = client.responses.with_raw_response.create(model=MODEL, input="hello cache")
     assert first.headers["x-cache"] == "MISS" and second.headers["x-cache"] == "HIT"
     assert second.headers["x-cache-key"] == first.headers["x-cache-key"]
+    assert int(second.headers["age"]) >= 0
     assert second.parse().model_dump() == first.parse().model_dump()
     assert second.parse().id == first.parse().id  # the original id: it still chains upstream
     assert second.parse().output_text == "echo: hello cache"
@@ -227,3 +229,22 @@ def test_redis_backend_stores_streams_and_json(
     assert raw.parse().model_dump() == events[-1].response.model_dump()  # type: ignore[union-attr]
     assert calls(fake) == 1
     assert KEY_A not in str(raw.headers)
+
+
+def test_json_that_cannot_be_rendered_as_events_is_a_miss_for_streams(
+    cached: Proxy, fake: Fake, bg: BackgroundLoop
+) -> None:
+    client = cached.client()
+    plain = client.responses.create(model=MODEL, input="think first").model_dump(mode="json")
+    reasoning = {"id": "rs_1", "type": "reasoning", "summary": [], "status": "completed"}
+    scripted = {**plain, "output": [reasoning, *plain["output"]]}
+    bg.call(lambda: fake.state.script.append(Scripted(200, scripted, path=PATH)))
+    stored = client.responses.with_raw_response.create(model=MODEL, input="think harder")
+    assert stored.headers["x-cache"] == "MISS" and stored.parse().output[0].type == "reasoning"
+    again = client.responses.with_raw_response.create(model=MODEL, input="think harder")
+    assert again.headers["x-cache"] == "HIT"  # the JSON form is served
+    # A stream cannot be rendered faithfully from it (reasoning has events of its own): a miss.
+    raw = client.responses.with_raw_response.create(model=MODEL, input="think harder", stream=True)
+    assert raw.headers["x-cache"] == "MISS"
+    assert list(raw.parse())[-1].type == "response.completed"
+    assert calls(fake) == 3
