@@ -47,7 +47,7 @@ REDIS: web.AppKey[Any] = web.AppKey("redis")
 READINESS: web.AppKey[dict[str, Any]] = web.AppKey("readiness")
 
 #: Pipeline stages, each ``None`` when switched off; composed by ``app.pipeline_ctx`` as
-#: cache -> singleflight -> batcher -> upstream.
+#: cache -> origins -> singleflight -> batcher -> upstream.
 CACHE: web.AppKey[Any] = web.AppKey("cache")
 SINGLEFLIGHT: web.AppKey[Stage | None] = web.AppKey("singleflight")
 BATCHER: web.AppKey[Stage | None] = web.AppKey("batcher")

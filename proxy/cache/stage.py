@@ -132,7 +132,6 @@ class ResponseCache:
             return False  # answered ``queued``: not a result to repeat
         if not self.settings.only_deterministic or call.path not in SAMPLING_ROUTES:
             return True
-        assert call.json is not None
         return is_deterministic(call.json)
 
     # --- reading ---------------------------------------------------------------------------------
