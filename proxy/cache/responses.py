@@ -3,8 +3,8 @@
 A stream of typed events (``event: response.created`` ... ``event: response.completed``) ends
 with the whole Response object, so a recorded stream answers a JSON request with that object. A
 JSON answer is rendered as the event sequence the ``openai`` SDK's stream parser accepts when its
-output is text messages and function calls; anything else (reasoning, built-in tools,
-annotations) is a miss rather than a stream that leaves something out.
+output is messages (text and refusals) and function calls; anything else (reasoning, built-in
+tools, annotations) is a miss rather than a stream that leaves something out.
 
 Only finished work is stored: a JSON Response whose ``status`` is ``completed``, a stream whose
 last event is ``response.completed`` and that has no ``response.failed``, ``response.incomplete``
@@ -130,23 +130,42 @@ def _message_events(index: int, item: dict[str, Any]) -> list[dict[str, Any]] | 
         {"type": "response.output_item.added", "output_index": index, "item": added}
     ]
     for j, part in enumerate(parts):
-        if (
-            not isinstance(part, dict)
-            or part.get("type") != "output_text"
-            or not isinstance(part.get("text"), str)
-            or part.get("annotations")  # their own events: not rendered here
-        ):
-            return None
         at = {"item_id": item["id"], "output_index": index, "content_index": j}
-        text, logprobs = part["text"], part.get("logprobs") or []
-        events += [
-            {"type": "response.content_part.added", **at, "part": {**part, "text": ""}},
-            {"type": "response.output_text.delta", **at, "delta": text, "logprobs": logprobs},
-            {"type": "response.output_text.done", **at, "text": text, "logprobs": logprobs},
-            {"type": "response.content_part.done", **at, "part": part},
-        ]
+        rendered = _part_events(at, part)
+        if rendered is None:
+            return None
+        events += rendered
     events.append({"type": "response.output_item.done", "output_index": index, "item": item})
     return events
+
+
+def _part_events(at: dict[str, Any], part: Any) -> list[dict[str, Any]] | None:
+    """One content part: ``output_text`` (without annotations, which have events of their own)
+    or ``refusal``."""
+    if not isinstance(part, dict):
+        return None
+    kind = part.get("type")
+    if kind == "output_text" and isinstance(part.get("text"), str) and not part.get("annotations"):
+        text, logprobs = part["text"], part.get("logprobs") or []
+        middle = [
+            {"type": "response.output_text.delta", **at, "delta": text, "logprobs": logprobs},
+            {"type": "response.output_text.done", **at, "text": text, "logprobs": logprobs},
+        ]
+        empty = {**part, "text": ""}
+    elif kind == "refusal" and isinstance(part.get("refusal"), str):
+        refusal = part["refusal"]
+        middle = [
+            {"type": "response.refusal.delta", **at, "delta": refusal},
+            {"type": "response.refusal.done", **at, "refusal": refusal},
+        ]
+        empty = {**part, "refusal": ""}
+    else:
+        return None
+    return [
+        {"type": "response.content_part.added", **at, "part": empty},
+        *middle,
+        {"type": "response.content_part.done", **at, "part": part},
+    ]
 
 
 def _function_call_events(index: int, item: dict[str, Any]) -> list[dict[str, Any]] | None:

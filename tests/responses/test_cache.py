@@ -248,3 +248,20 @@ def test_json_that_cannot_be_rendered_as_events_is_a_miss_for_streams(
     assert raw.headers["x-cache"] == "MISS"
     assert list(raw.parse())[-1].type == "response.completed"
     assert calls(fake) == 3
+
+
+def test_stored_refusal_answers_a_stream_the_sdk_accepts(
+    cached: Proxy, fake: Fake, bg: BackgroundLoop
+) -> None:
+    client = cached.client()
+    plain = client.responses.create(model=MODEL, input="warm up").model_dump(mode="json")
+    message = {**plain["output"][0], "content": [{"type": "refusal", "refusal": "I can't help"}]}
+    scripted = {**plain, "output": [message]}
+    bg.call(lambda: fake.state.script.append(Scripted(200, scripted, path=PATH)))
+    client.responses.create(model=MODEL, input="do something bad")
+    with client.responses.stream(model=MODEL, input="do something bad") as stream:
+        deltas = [e.delta for e in stream if e.type == "response.refusal.delta"]
+        final = stream.get_final_response()
+    assert deltas == ["I can't help"]
+    assert final.output[0].content[0].refusal == "I can't help"  # type: ignore[union-attr]
+    assert calls(fake) == 2

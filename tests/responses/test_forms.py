@@ -64,15 +64,23 @@ def test_rendered_events_read_back_as_the_same_object() -> None:
     assert events[0]["response"]["output"] == []
 
 
+def test_refusals_are_rendered_with_their_own_events() -> None:
+    refused = {**MESSAGE, "content": [{"type": "refusal", "refusal": "I can't"}]}
+    chunks = render_events(orjson.dumps({**RESPONSE, "output": [refused]}))
+    assert chunks is not None
+    types = [orjson.loads(c.split(b"\ndata: ", 1)[1])["type"] for c in chunks]
+    assert "response.refusal.delta" in types and "response.refusal.done" in types
+    assert orjson.loads(to_json(b"".join(chunks)) or b"")["output"] == [refused]
+
+
 @pytest.mark.parametrize(
     "output",
     [
         [{**MESSAGE, "content": [{**TEXT, "annotations": [{"type": "url_citation"}]}]}],
-        [{**MESSAGE, "content": [{"type": "refusal", "refusal": "no"}]}],
         [{"id": "rs_1", "type": "reasoning", "summary": []}],
         [{"id": "ws_1", "type": "web_search_call", "status": "completed"}],
     ],
-    ids=["annotations", "refusal", "reasoning", "built-in-tool"],
+    ids=["annotations", "reasoning", "built-in-tool"],
 )
 def test_what_cannot_be_rendered_faithfully_is_not(output: list[Any]) -> None:
     assert render_events(orjson.dumps({**RESPONSE, "output": output})) is None
