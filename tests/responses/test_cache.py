@@ -265,3 +265,15 @@ def test_stored_refusal_answers_a_stream_the_sdk_accepts(
     assert deltas == ["I can't help"]
     assert final.output[0].content[0].refusal == "I can't help"  # type: ignore[union-attr]
     assert calls(fake) == 2
+
+
+def test_shared_cache_hands_out_the_creators_id(make_proxy: ProxyFactory, fake: Fake) -> None:
+    """What docs/cache.md warns about: with ``cache.shared`` a tenant may get a response id
+    created under another tenant's credential (and so possibly another upstream account)."""
+    proxy = make_proxy({"cache": {"shared": True}})
+    a = proxy.client(KEY_A).responses.with_raw_response.create(model=MODEL, input="for all")
+    b = proxy.client(KEY_B).responses.with_raw_response.create(model=MODEL, input="for all")
+    assert (a.headers["x-cache"], b.headers["x-cache"]) == ("MISS", "HIT")
+    assert b.parse().id == a.parse().id
+    assert calls(fake) == 1
+    assert fake.state.requests[-1].headers["Authorization"] == f"Bearer {KEY_A}"
