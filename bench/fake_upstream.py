@@ -604,6 +604,8 @@ async def _moderations(request: web.Request) -> web.StreamResponse:
 RESPONSES_FAILED_WORD = "RESPONSE_FAILED"
 RESPONSES_INCOMPLETE_WORD = "RESPONSE_INCOMPLETE"
 RESPONSES_ERROR_WORD = "RESPONSE_ERROR"
+#: Stored responses kept at most (the oldest go first): benchmarks send millions of requests.
+MAX_STORED_RESPONSES = 10_000
 
 
 @dataclass
@@ -868,6 +870,8 @@ async def _responses(request: web.Request) -> web.StreamResponse:
         if payload.get("store", True) is not False:
             first = _response_state(run, "queued") if background else final
             stored[run.head["id"]] = _StoredResponse(first, items, final)
+            if len(stored) > MAX_STORED_RESPONSES:
+                del stored[next(iter(stored))]
         if background:
             return _json_response(_response_state(run, "queued"), digest)
         if payload.get("stream"):
