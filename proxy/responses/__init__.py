@@ -32,6 +32,7 @@ async def responses_ctx(app: web.Application) -> AsyncIterator[None]:
             redis,
             prefix=settings.redis.key_prefix,
             op_timeout_s=settings.redis.op_timeout_ms / 1000,
+            breaker_cooldown_s=settings.redis.breaker_cooldown_s,
         )
     app[ORIGINS] = OriginStage(origins, cache=settings.cache)
     yield

@@ -15,7 +15,6 @@ upstream drops the cached copy too: a hit must not hand out an id the upstream n
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,13 +24,12 @@ import orjson
 from cachetools import TLRUCache
 from redis.exceptions import RedisError
 
+from ..breaker import Breaker
 from ..cache.responses import RESPONSES
 from ..call import Call, Next, Reply
 from ..config import CacheSettings
 
 __all__ = ["MemoryOrigins", "Origin", "OriginStage", "Origins", "RedisOrigins"]
-
-log = logging.getLogger(__name__)
 
 #: Ids remembered by one process at most (about 150 bytes each).
 MAX_REMEMBERED = 100_000
@@ -95,36 +93,43 @@ class MemoryOrigins:
 
 
 class RedisOrigins:
-    """Shared by every replica; each operation bounded by ``redis.op_timeout_ms``."""
+    """Shared by every replica; each operation bounded by ``redis.op_timeout_ms``, and skipped
+    for ``redis.breaker_cooldown_s`` after a failure."""
 
-    def __init__(self, client: Any, *, prefix: str, op_timeout_s: float) -> None:
+    def __init__(
+        self, client: Any, *, prefix: str, op_timeout_s: float, breaker_cooldown_s: float = 5.0
+    ) -> None:
         self.client = client
         self.prefix = f"{prefix}:responses:origin:"
         self.timeout_s = op_timeout_s
+        self.breaker = Breaker(
+            cooldown_s=breaker_cooldown_s,
+            name="response origins redis",
+            fallback="stored responses go to the default upstream",
+        )
 
     async def remember(self, response_id: str, origin: Origin, *, ttl_s: float) -> None:
-        name, value, ttl_ms = self.prefix + response_id, origin.encode(), int(ttl_s * 1000)
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                await self.client.set(name, value, px=ttl_ms)
-        except _REDIS_ERRORS as exc:
-            log.warning("could not remember the upstream of a response: %s", type(exc).__name__)
+        await self._run("set", self.prefix + response_id, origin.encode(), px=int(ttl_s * 1000))
 
     async def lookup(self, response_id: str) -> Origin | None:
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                raw = await self.client.get(self.prefix + response_id)
-        except _REDIS_ERRORS as exc:
-            log.warning("could not look up the upstream of a response: %s", type(exc).__name__)
-            return None
+        raw = await self._run("get", self.prefix + response_id)
         return None if raw is None else Origin.decode(raw)
 
     async def forget(self, response_id: str) -> None:
+        await self._run("unlink", self.prefix + response_id)
+
+    async def _run(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        """One bounded command; ``None`` when Redis is down (or known to be)."""
+        if not self.breaker.allow():
+            return None
         try:
             async with asyncio.timeout(self.timeout_s):
-                await self.client.unlink(self.prefix + response_id)
+                result = await getattr(self.client, op)(*args, **kwargs)
         except _REDIS_ERRORS as exc:
-            log.warning("could not forget the upstream of a response: %s", type(exc).__name__)
+            self.breaker.failed(op, exc)
+            return None
+        self.breaker.succeeded()
+        return result
 
 
 class OriginStage:
