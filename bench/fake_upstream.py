@@ -5,10 +5,11 @@ and `created` is fixed, so a reply through the proxy can be compared byte for by
 one. Tests steer and inspect it through `app[STATE]` (a `FakeState`).
 
 Routes, all under `/v1`: `POST chat/completions`, `POST completions`, `POST embeddings`,
-`POST moderations`, `POST audio/speech` (binary audio bytes), `GET models`, `GET models/{id}`;
-any other `/v1/...` request gets a JSON echo
-of what arrived. `GET /_fake/stats` and `POST /_fake/reset` are out-of-band controls for the
-benchmark runner; they are not counted or recorded.
+`POST moderations`, `POST audio/speech` (binary audio bytes), `GET models`, `GET models/{id}`, the
+Responses API (`POST responses`, `GET`, `DELETE responses/{id}`, `POST responses/{id}/cancel`,
+`GET responses/{id}/input_items`); any other `/v1/...` request gets a JSON echo of what arrived.
+`GET /_fake/stats` and `POST /_fake/reset` are out-of-band controls for the benchmark runner;
+they are not counted or recorded.
 
 Run it with `python -m bench.fake_upstream --port 9001 [--latency-ms 0] [--chunk-delay-ms 0] ...`.
 """
@@ -599,6 +600,353 @@ async def _speech(request: web.Request) -> web.StreamResponse:
         return web.Response(body=audio, headers=headers)
 
 
+# --- responses ---------------------------------------------------------------------------------
+#
+# `POST /v1/responses` answers a Response object, or with `stream: true` the typed event stream
+# (`event: <type>` + `data: {...}`, every event with `type` and `sequence_number`), shaped as the
+# `openai` SDK's `types/responses` models. The output is a message "echo: <last input text>", or
+# a `get_weather` function call when tools are given and the text mentions the weather. Created
+# responses are kept (unless `store: false`) for GET/DELETE/cancel/input_items. Magic words in
+# the input steer the outcome: RESPONSES_FAILED_WORD ends in `failed` (a stream in
+# `response.failed`), RESPONSES_INCOMPLETE_WORD in `incomplete`, RESPONSES_ERROR_WORD makes a
+# stream end with an `error` event. `background: true` answers `queued`; the response completes
+# when it is first retrieved (or is cancelled before).
+
+RESPONSES_FAILED_WORD = "RESPONSE_FAILED"
+RESPONSES_INCOMPLETE_WORD = "RESPONSE_INCOMPLETE"
+RESPONSES_ERROR_WORD = "RESPONSE_ERROR"
+#: Stored responses kept at most (the oldest go first): benchmarks send millions of requests.
+MAX_STORED_RESPONSES = 10_000
+
+
+@dataclass
+class _StoredResponse:
+    response: dict[str, Any]
+    input_items: list[dict[str, Any]]
+    #: The response once it has run (a background one is `queued` until retrieved).
+    final: dict[str, Any]
+
+
+def _input_items(payload: dict[str, Any], digest: str) -> list[dict[str, Any]]:
+    value = payload.get("input")
+    if isinstance(value, str):
+        value = [{"role": "user", "content": value}]
+    if not isinstance(value, list) or not value:
+        raise OpenAIError(400, "'input' must be a string or a non-empty array", param="input")
+    items = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise OpenAIError(400, f"Invalid value for 'input[{i}]'", param=f"input[{i}]")
+        item = dict(item)
+        item.setdefault("type", "message")
+        if item["type"] == "message" and isinstance(item.get("content"), str):
+            kind = "output_text" if item.get("role") == "assistant" else "input_text"
+            item["content"] = [{"type": kind, "text": item["content"]}]
+        item.setdefault("id", f"{'msg' if item['type'] == 'message' else 'item'}_{digest}{i}")
+        item.setdefault("status", "completed")
+        items.append(item)
+    return items
+
+
+def _item_words(item: dict[str, Any]) -> str:
+    if item["type"] == "function_call_output":
+        return str(item.get("output", ""))
+    return _text(item.get("content"))
+
+
+def _response_tools(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    tools = payload.get("tools") or []
+    if not isinstance(tools, list):
+        raise OpenAIError(400, "'tools' must be an array", param="tools")
+    return [
+        {"description": None, "strict": True, **t} if t.get("type") == "function" else t
+        for t in tools
+        if isinstance(t, dict)
+    ]
+
+
+def _response_usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + output_tokens,
+    }
+
+
+@dataclass(frozen=True)
+class _ResponseRun:
+    """What one `POST /v1/responses` produces, computed once per request."""
+
+    head: dict[str, Any]  # the Response object without status, output and usage
+    item: dict[str, Any]  # the one output item, completed
+    usage: dict[str, Any]
+    outcome: str  # completed | failed | incomplete | error
+
+
+def _response_run(
+    stored: dict[str, _StoredResponse], payload: dict[str, Any], model: str, digest: str
+) -> tuple[_ResponseRun, list[dict[str, Any]]]:
+    items = _input_items(payload, digest)
+    texts = [_item_words(item) for item in items]
+    last = texts[-1]
+    previous = payload.get("previous_response_id")
+    turn = 1
+    if previous is not None:
+        before = stored.get(previous) if isinstance(previous, str) else None
+        if before is None:
+            raise OpenAIError(
+                404,
+                f"Previous response with id '{previous}' not found.",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
+        turn = int(before.final["metadata"].get("fake_turn", "1")) + 1
+    tools = _response_tools(payload)
+    if tools and "weather" in last.lower():
+        function = next((t["name"] for t in tools if t.get("type") == "function"), TOOL_NAME)
+        item: dict[str, Any] = {
+            "id": f"fc_{digest}",
+            "type": "function_call",
+            "status": "completed",
+            "call_id": f"call_{digest[:16]}",
+            "name": function,
+            "arguments": TOOL_ARGUMENTS,
+        }
+        out_words = _words(TOOL_ARGUMENTS)
+    else:
+        text = f"echo: {last}" if turn == 1 else f"echo: {last} (turn {turn})"
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+        item = {
+            "id": f"msg_{digest}",
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [part],
+        }
+        out_words = _words(text)
+    conversation = payload.get("conversation")
+    if isinstance(conversation, str):
+        conversation = {"id": conversation}
+    metadata = payload.get("metadata") if isinstance(payload.get("metadata"), dict) else {}
+    head = {
+        "id": f"resp_{digest}",
+        "object": "response",
+        "created_at": CREATED,
+        "background": bool(payload.get("background")),
+        "completed_at": None,
+        "conversation": conversation,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": payload.get("instructions"),
+        "max_output_tokens": payload.get("max_output_tokens"),
+        "metadata": {**metadata, "fake_turn": str(turn)},
+        "model": model,
+        "parallel_tool_calls": payload.get("parallel_tool_calls", True),
+        "previous_response_id": previous,
+        "reasoning": {"effort": None, "summary": None},
+        "service_tier": "default",
+        "store": payload.get("store", True) is not False,
+        "temperature": payload.get("temperature", 1.0),
+        "text": payload.get("text") or {"format": {"type": "text"}},
+        "tool_choice": payload.get("tool_choice", "auto"),
+        "tools": tools,
+        "top_p": payload.get("top_p", 1.0),
+        "truncation": payload.get("truncation", "disabled"),
+        "user": payload.get("user"),
+    }
+    outcome = "completed"
+    for word, name in (
+        (RESPONSES_FAILED_WORD, "failed"),
+        (RESPONSES_INCOMPLETE_WORD, "incomplete"),
+        (RESPONSES_ERROR_WORD, "error"),
+    ):
+        if word in last:
+            outcome = name
+    usage = _response_usage(sum(_words(t) for t in texts), out_words)
+    return _ResponseRun(head, item, usage, outcome), items
+
+
+def _response_state(run: _ResponseRun, status: str) -> dict[str, Any]:
+    """The Response object in `status` (`in_progress`/`queued`: no output yet)."""
+    obj = {**run.head, "status": status, "output": [], "usage": None}
+    if status == "completed":
+        obj.update(output=[run.item], usage=run.usage, completed_at=CREATED)
+    elif status == "failed":
+        error = {"code": "server_error", "message": "The fake upstream failed this response."}
+        obj["error"] = error
+    elif status == "incomplete":
+        obj.update(
+            output=[{**run.item, "status": "incomplete"}],
+            usage=run.usage,
+            incomplete_details={"reason": "max_output_tokens"},
+        )
+    return obj
+
+
+def _response_final(run: _ResponseRun) -> dict[str, Any]:
+    return _response_state(run, "completed" if run.outcome == "error" else run.outcome)
+
+
+def _response_events(run: _ResponseRun) -> list[bytes]:
+    """The typed event stream of one response, as SSE."""
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": _response_state(run, "in_progress")},
+        {"type": "response.in_progress", "response": _response_state(run, "in_progress")},
+    ]
+    if run.outcome == "error":
+        events.append(
+            {
+                "type": "error",
+                "code": "server_error",
+                "message": "The fake upstream broke this stream.",
+                "param": None,
+            }
+        )
+    else:
+        events.extend(_item_events(run, partial=run.outcome == "failed"))
+        final = _response_final(run)
+        events.append({"type": f"response.{run.outcome}", "response": final})
+    return [
+        b"event: %s\ndata: %s\n\n"
+        % (event["type"].encode(), orjson.dumps({**event, "sequence_number": n}))
+        for n, event in enumerate(events)
+    ]
+
+
+def _item_events(run: _ResponseRun, *, partial: bool) -> list[dict[str, Any]]:
+    """`output_item.added` ... `output_item.done` for the one output item (`partial`: stop after
+    the first delta, as a response that fails half way does)."""
+    item, where = run.item, {"item_id": run.item["id"], "output_index": 0}
+    status = "incomplete" if run.outcome == "incomplete" else "completed"
+    done = {**item, "status": status}
+    if item["type"] == "function_call":
+        added = {**item, "status": "in_progress", "arguments": ""}
+        pieces = _pieces(item["arguments"])[: 1 if partial else None]
+        events = [{"type": "response.output_item.added", "output_index": 0, "item": added}]
+        events += [
+            {"type": "response.function_call_arguments.delta", **where, "delta": piece}
+            for piece in pieces
+        ]
+        if partial:
+            return events
+        events.append(
+            {
+                "type": "response.function_call_arguments.done",
+                **where,
+                "arguments": item["arguments"],
+            }
+        )
+        events.append({"type": "response.output_item.done", "output_index": 0, "item": done})
+        return events
+    part = item["content"][0]
+    added = {**item, "status": "in_progress", "content": []}
+    at = {**where, "content_index": 0}
+    pieces = _pieces(part["text"])[: 1 if partial else None]
+    events = [
+        {"type": "response.output_item.added", "output_index": 0, "item": added},
+        {"type": "response.content_part.added", **at, "part": {**part, "text": ""}},
+    ]
+    events += [
+        {"type": "response.output_text.delta", **at, "delta": piece, "logprobs": []}
+        for piece in pieces
+    ]
+    if partial:
+        return events
+    return [
+        *events,
+        {"type": "response.output_text.done", **at, "text": part["text"], "logprobs": []},
+        {"type": "response.content_part.done", **at, "part": part},
+        {"type": "response.output_item.done", "output_index": 0, "item": done},
+    ]
+
+
+STORED_RESPONSES = web.AppKey("fake_responses", dict[str, _StoredResponse])
+
+
+async def _responses(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    stored = request.app[STORED_RESPONSES]
+    body = await request.read()
+    payload = _load(body)
+    model = _model(state, payload)
+    digest = _digest(body)
+    run, items = _response_run(stored, payload, model, digest)
+    background = bool(payload.get("background"))
+    if background and payload.get("stream"):
+        raise OpenAIError(400, "The fake upstream does not stream background responses")
+    async with state.admission():
+        final = _response_final(run)
+        if payload.get("store", True) is not False:
+            first = _response_state(run, "queued") if background else final
+            stored[run.head["id"]] = _StoredResponse(first, items, final)
+            if len(stored) > MAX_STORED_RESPONSES:
+                del stored[next(iter(stored))]
+        if background:
+            return _json_response(_response_state(run, "queued"), digest)
+        if payload.get("stream"):
+            return await _stream(request, state, _response_events(run), digest)
+        return _json_response(final, digest)
+
+
+def _stored(request: web.Request) -> _StoredResponse:
+    response_id = request.match_info["response_id"]
+    found = request.app[STORED_RESPONSES].get(response_id)
+    if found is None:
+        raise OpenAIError(404, f"No response found with id '{response_id}'.", param="response_id")
+    return found
+
+
+async def _get_response(request: web.Request) -> web.StreamResponse:
+    found = _stored(request)
+    if found.response["status"] == "queued":  # a background response runs when first asked
+        found.response = found.final
+    return _json_response(found.response, _digest(request.path.encode()))
+
+
+async def _delete_response(request: web.Request) -> web.StreamResponse:
+    found = _stored(request)
+    response_id = found.response["id"]
+    del request.app[STORED_RESPONSES][response_id]
+    reply = {"id": response_id, "object": "response.deleted", "deleted": True}
+    return _json_response(reply, _digest(request.path.encode()))
+
+
+async def _cancel_response(request: web.Request) -> web.StreamResponse:
+    found = _stored(request)
+    if not found.response.get("background"):
+        raise OpenAIError(400, "Only responses created with background=true can be cancelled.")
+    if found.response["status"] == "queued":
+        found.response = found.final = {**found.response, "status": "cancelled"}
+    return _json_response(found.response, _digest(request.path.encode()))
+
+
+async def _response_input_items(request: web.Request) -> web.StreamResponse:
+    items = _stored(request).input_items
+    if request.query.get("order", "desc") == "desc":
+        items = items[::-1]
+    reply = {
+        "object": "list",
+        "data": items,
+        "first_id": items[0]["id"] if items else None,
+        "last_id": items[-1]["id"] if items else None,
+        "has_more": False,
+    }
+    return _json_response(reply, _digest(request.path.encode()))
+
+
+def _add_responses_routes(app: web.Application) -> None:
+    app[STORED_RESPONSES] = {}
+    router = app.router
+    one = "/v1/responses/{response_id}"
+    router.add_post("/v1/responses", _responses)
+    router.add_get(one, _get_response, allow_head=False)
+    router.add_delete(one, _delete_response)
+    router.add_post(one + "/cancel", _cancel_response)
+    router.add_get(one + "/input_items", _response_input_items, allow_head=False)
+
+
 # --- models, echo, controls --------------------------------------------------------------------
 
 
@@ -762,6 +1110,7 @@ def create_fake_upstream(
     router.add_post("/v1/audio/speech", _speech)
     router.add_get("/v1/models", _list_models, allow_head=False)
     router.add_get("/v1/models/{model:.+}", _get_model, allow_head=False)
+    _add_responses_routes(app)
     router.add_route("*", "/v1/{tail:.*}", _echo)
     router.add_get("/_fake/stats", _stats)
     router.add_post("/_fake/reset", _reset)

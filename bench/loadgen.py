@@ -52,10 +52,15 @@ def _embeddings_body(key: str, inputs: int) -> dict[str, Any]:
     return {"model": "text-embedding-3-small", "input": texts[0] if inputs == 1 else texts}
 
 
+def _responses_body(key: str, inputs: int) -> dict[str, Any]:
+    return {"model": "gpt-4o-mini", "input": f"hello world request {key}"}
+
+
 SCENARIOS: dict[str, LoadScenario] = {
     "chat": LoadScenario("/chat/completions", _chat_body),
     "stream": LoadScenario("/chat/completions", _stream_body, stream=True),
     "embeddings": LoadScenario("/embeddings", _embeddings_body),
+    "responses": LoadScenario("/responses", _responses_body),
 }
 
 

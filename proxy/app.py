@@ -23,6 +23,7 @@ from .keys import (
     CACHE,
     DOOR,
     METRICS,
+    ORIGINS,
     PIPELINE,
     READINESS,
     REDIS,
@@ -34,6 +35,7 @@ from .metrics import Metrics
 from .middlewares import answer_expect_in_openai_shape, auth_middleware, error_middleware
 from .readiness import Readiness, redis_ping
 from .redis_client import open_redis
+from .responses import add_response_routes, responses_ctx
 from .upstream import Router, Upstream
 
 __all__ = ["create_app"]
@@ -99,9 +101,10 @@ async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Compose the stages: cache -> singleflight -> batcher -> upstream; build the HTTP door."""
+    """Compose the stages: cache -> origins -> singleflight -> batcher -> upstream; build the
+    HTTP door."""
     pipeline: Next = upstream_stage
-    for key in (BATCHER, SINGLEFLIGHT, CACHE):
+    for key in (BATCHER, SINGLEFLIGHT, ORIGINS, CACHE):
         stage = app[key]
         if stage is not None:
             pipeline = stage.wrap(pipeline)
@@ -146,6 +149,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(models_ctx)
     app.cleanup_ctx.append(cache_ctx)
     app.cleanup_ctx.append(coalesce_ctx)
+    app.cleanup_ctx.append(responses_ctx)
     app.cleanup_ctx.append(pipeline_ctx)
     app.cleanup_ctx.append(jobs_ctx)
     app.cleanup_ctx.append(readiness_ctx)  # last: ready once everything else has started
@@ -157,6 +161,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/models/{model:.+}", model_handler)
     add_cache_routes(app)
     add_job_routes(app)
+    add_response_routes(app)
     app.router.add_route("*", "/v1/{tail:.*}", proxy_handler)
     answer_expect_in_openai_shape(app)
     return app

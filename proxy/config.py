@@ -40,6 +40,7 @@ DEFAULT_CACHE_ROUTES = (
     "/v1/completions",
     "/v1/embeddings",
     "/v1/moderations",
+    "/v1/responses",
 )
 
 

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .handlers.proxy import ProxyDoor
     from .metrics import Metrics
     from .readiness import Readiness
+    from .responses import OriginStage
     from .upstream import Router
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "JOBS",
     "METRICS",
     "MODEL_LIST",
+    "ORIGINS",
     "PIPELINE",
     "READINESS",
     "REDIS",
@@ -46,12 +48,14 @@ REDIS: web.AppKey[Any] = web.AppKey("redis")
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 
 #: Pipeline stages, each ``None`` when switched off; composed by ``app.pipeline_ctx`` as
-#: cache -> singleflight -> batcher -> upstream.
+#: cache -> origins -> singleflight -> batcher -> upstream.
 CACHE: web.AppKey[Any] = web.AppKey("cache")
 SINGLEFLIGHT: web.AppKey[Stage | None] = web.AppKey("singleflight")
 BATCHER: web.AppKey[Stage | None] = web.AppKey("batcher")
 #: The composed pipeline: every door (HTTP, job worker, batch runner) calls this.
 PIPELINE: web.AppKey[Next] = web.AppKey("pipeline")
+#: Which upstream created each response id; a pipeline stage that notes them.
+ORIGINS: web.AppKey[OriginStage] = web.AppKey("origins")
 #: The job service (``proxy.jobs``), ``None`` when jobs are off.
 JOBS: web.AppKey[Any] = web.AppKey("jobs")
 

@@ -24,6 +24,7 @@ from .backend import CacheBackend
 from .entry import Entry, keep_headers
 from .forms import CONVERTIBLE, assemble, ends_with_usage, strip_usage, synthesize
 from .keys import digest_of, drop_fields, is_deterministic, request_key
+from .responses import RESPONSES, is_background, render_events, to_json
 from .storable import storable_json, storable_stream
 from .usage import ask_for_usage, include_usage, without_usage
 
@@ -125,9 +126,11 @@ class ResponseCache:
         return reply
 
     def _eligible(self, call: Call) -> bool:
+        assert call.json is not None
+        if call.path == RESPONSES and is_background(call.json):
+            return False  # answered ``queued``: not a result to repeat
         if not self.settings.only_deterministic or call.path not in SAMPLING_ROUTES:
             return True
-        assert call.json is not None
         return is_deterministic(call.json)
 
     # --- reading ---------------------------------------------------------------------------------
@@ -235,6 +238,8 @@ def _hit_headers(entry: Entry, key: str, age: float, content_type: str | None) -
 
 def _serve(call: Call, entry: Entry, key: str, age: float) -> Reply | None:
     """The entry in the form ``call`` asks for, or ``None`` when it cannot be made from it."""
+    if call.path == RESPONSES:
+        return _serve_response(call, entry, key, age)
     convertible = call.path in CONVERTIBLE
     if entry.form == "json":
         if not (call.stream and convertible):
@@ -255,6 +260,22 @@ def _serve(call: Call, entry: Entry, key: str, age: float) -> Reply | None:
     if body is None:
         return None
     return Reply(entry.status, _hit_headers(entry, key, age, _JSON_TYPE), body=body)
+
+
+def _serve_response(call: Call, entry: Entry, key: str, age: float) -> Reply | None:
+    """A Responses API entry: a recorded stream is replayed as recorded or read as its final
+    object; a JSON one is sent as is or rendered as events."""
+    if entry.form == "sse":
+        if call.stream:
+            return _stream_reply(entry, key, age, entry.chunks(), keep_type=True)
+        body = to_json(entry.payload)
+        if body is None:
+            return None
+        return Reply(entry.status, _hit_headers(entry, key, age, _JSON_TYPE), body=body)
+    if not call.stream:
+        return Reply(entry.status, _hit_headers(entry, key, age, None), body=entry.payload)
+    chunks = render_events(entry.payload)
+    return None if chunks is None else _stream_reply(entry, key, age, chunks)
 
 
 def _stream_reply(

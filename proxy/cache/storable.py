@@ -7,13 +7,8 @@ others would turn one failure into many.
 
 Each route has a :class:`Rule`: what its JSON answer looks like, and how its stream ends. Routes
 outside :data:`RULES` get :data:`DEFAULT`: any JSON object, streams ending with ``[DONE]``. A
-route whose stream ends differently adds its own rule, for example the Responses API::
-
-    RULES["/v1/responses"] = Rule(
-        is_answer=lambda obj: obj.get("object") == "response",
-        is_complete=lambda events, done: bool(events)
-        and events[-1].get("type") == "response.completed",
-    )
+route whose stream ends differently has its own rule, as the Responses API does (its stream ends
+with a ``response.completed`` event that carries the whole, completed Response).
 """
 
 from __future__ import annotations
@@ -26,7 +21,14 @@ import orjson
 
 from .forms import parse_events
 
-__all__ = ["DEFAULT", "RULES", "Rule", "storable_json", "storable_stream"]
+__all__ = [
+    "DEFAULT",
+    "RULES",
+    "Rule",
+    "is_completed_response",
+    "storable_json",
+    "storable_stream",
+]
 
 Object = dict[str, Any]
 
@@ -57,6 +59,27 @@ class Rule:
     is_complete: Callable[[list[Object], bool], bool] = _ends_with_done
 
 
+def is_completed_response(obj: Any) -> bool:
+    """A whole Responses API answer: a Response object whose status is ``completed``."""
+    return (
+        isinstance(obj, dict)
+        and obj.get("status") == "completed"
+        and obj.get("error") is None
+        and isinstance(obj.get("id"), str)
+    )
+
+
+_UNFINISHED = frozenset({"response.failed", "response.incomplete", "error"})
+
+
+def _response_stream_completed(events: list[Object], done: bool) -> bool:
+    if not events or events[-1].get("type") != "response.completed":
+        return False
+    if any(event.get("type") in _UNFINISHED for event in events):
+        return False
+    return is_completed_response(events[-1].get("response"))
+
+
 DEFAULT = Rule()
 #: Rules by path; a path not listed gets :data:`DEFAULT`.
 RULES: dict[str, Rule] = {
@@ -64,6 +87,7 @@ RULES: dict[str, Rule] = {
     "/v1/completions": Rule(is_answer=_has_list("choices")),
     "/v1/embeddings": Rule(is_answer=_has_list("data")),
     "/v1/moderations": Rule(is_answer=_has_list("results")),
+    "/v1/responses": Rule(is_answer=is_completed_response, is_complete=_response_stream_completed),
 }
 
 

@@ -18,6 +18,7 @@ import orjson
 from multidict import CIMultiDict
 
 from ..cache.keys import drop_fields, is_deterministic, request_key
+from ..cache.responses import RESPONSES, is_background
 from ..cache.stage import SAMPLING_ROUTES
 from ..call import Call, Next, Reply
 from ..config import CacheSettings
@@ -37,6 +38,8 @@ def flight_key(call: Call, cache: CacheSettings) -> str | None:
     """What makes two calls the same flight: the cache key, the transport and stream options."""
     if call.method != "POST" or call.json is None or not call.cache.may_share:
         return None
+    if call.path == RESPONSES and is_background(call.json):
+        return None  # each starts its own background response, with its own id
     key = call.key
     if key is None:
         if call.path not in cache.routes:

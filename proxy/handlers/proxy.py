@@ -25,7 +25,7 @@ from ..errors import (
 )
 from ..keys import DOOR, IDENTITY
 from ..limits import check_limits
-from ..upstream import Router, forward_headers
+from ..upstream import Router, Upstream, forward_headers
 
 __all__ = [
     "BodyGuard",
@@ -196,12 +196,15 @@ class ProxyDoor:
         query: str,
         *,
         body: bytes | None = None,
+        upstream: Upstream | None = None,
     ) -> Reply:
-        """Uploads, downloads and GETs: to the default upstream, streamed both ways."""
+        """Uploads, downloads and GETs: to ``upstream`` (default: the default upstream),
+        streamed both ways."""
         length = request.content_length
         if length is not None and length > self.max_body_bytes:
             raise PayloadTooLarge(f"Request body is larger than {self.max_body_bytes} bytes")
-        upstream = self.router.default_or_404()
+        if upstream is None:
+            upstream = self.router.default_or_404()
         headers = forward_headers(request.headers)
         call = Call(
             tenant=identity.tenant,
