@@ -25,6 +25,7 @@ from .keys import (
     CACHE,
     DOOR,
     METRICS,
+    OBSERVER,
     PIPELINE,
     READINESS,
     REDIS,
@@ -34,6 +35,8 @@ from .keys import (
 )
 from .metrics import Metrics
 from .middlewares import auth_middleware, error_middleware
+from .observe.middleware import build_observer
+from .observe.routes import add_observe_routes
 from .redis_client import open_redis
 from .upstream import Router, Upstream
 
@@ -116,6 +119,7 @@ async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         stage = app[key]
         if stage is not None:
             pipeline = stage.wrap(pipeline)
+    pipeline = app[OBSERVER].wrap(pipeline)
     app[PIPELINE] = pipeline
     server = app[SETTINGS].server
     app[DOOR] = ProxyDoor(
@@ -130,13 +134,17 @@ async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     """Build the proxy application; every resource opens in a cleanup context."""
     auth = Authenticator(settings.auth)
+    metrics = Metrics()
+    observer = build_observer(settings, metrics)
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[error_middleware, auth_middleware(auth)],
+        middlewares=[observer.middleware(), error_middleware, auth_middleware(auth)],
     )
+    app.on_response_prepare.append(observer.on_prepare)
     app[SETTINGS] = settings
     app[AUTH] = auth
-    app[METRICS] = Metrics()
+    app[METRICS] = metrics
+    app[OBSERVER] = observer
     app[READINESS] = {}
     # Order matters: each context may use what the ones before it opened.
     app.cleanup_ctx.append(redis_ctx)
@@ -154,5 +162,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/models/{model:.+}", model_handler)
     add_cache_routes(app)
     add_job_routes(app)
+    add_observe_routes(app)
     app.router.add_route("*", "/v1/{tail:.*}", proxy_handler)
     return app

@@ -16,6 +16,7 @@ from aiohttp.log import access_logger
 
 from .app import create_app
 from .config import ConfigError, Settings, load_config, masked_dump
+from .observe.logs import configure_logging
 
 try:
     import uvloop
@@ -98,7 +99,6 @@ def _run(settings: Settings, host: str, port: int) -> None:
         host=host,
         port=port,
         shutdown_timeout_s=server.shutdown_timeout_s,
-        access_log=server.access_log,
     )
     with asyncio.Runner(loop_factory=_LOOP_FACTORY) as runner:
         runner.run(coro)
@@ -130,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    # JSON or text, repeated warnings rate-limited; the request log itself is the app's.
+    configure_logging(fmt=settings.server.log_format, level=settings.server.log_level)
     host = ns.host if ns.host is not None else settings.server.host
     port = ns.port if ns.port is not None else settings.server.port
     _warn_open_relay(settings, host)

@@ -64,7 +64,15 @@ class ServerSettings(_Section):
     body_read_timeout_s: float = Field(60.0, gt=0)
     #: Seconds to finish in-flight requests on shutdown.
     shutdown_timeout_s: float = Field(10.0, ge=0)
-    access_log: bool = False
+    #: The request log: one structured line per request (replaces aiohttp's access log).
+    access_log: bool = True
+    #: ``auto``: JSON lines when stderr is not a terminal, readable text when it is.
+    log_format: Literal["auto", "json", "text"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: Put request and answer bodies (prompts, completions) in the request log.
+    log_bodies: bool = False
+    #: Per-request metrics (counts, latency histograms); off only to measure what they cost.
+    request_metrics: bool = True
 
 
 class UpstreamSettings(_Section):

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .handlers.models import ModelList
     from .handlers.proxy import ProxyDoor
     from .metrics import Metrics
+    from .observe.middleware import Observer
     from .upstream import Router
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "JOBS",
     "METRICS",
     "MODEL_LIST",
+    "OBSERVER",
     "PIPELINE",
     "READINESS",
     "REDIS",
@@ -37,6 +39,8 @@ AUTH: web.AppKey[Authenticator] = web.AppKey("auth")
 ROUTER: web.AppKey[Router] = web.AppKey("router")
 DOOR: web.AppKey[ProxyDoor] = web.AppKey("door")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+#: Request ids, the request log and the per-request metrics (``proxy.observe``).
+OBSERVER: web.AppKey[Observer] = web.AppKey("observer")
 #: The merged ``GET /v1/models`` lists, per tenant.
 MODEL_LIST: web.AppKey[ModelList] = web.AppKey("model_list")
 #: ``redis.asyncio.Redis`` when ``redis.url`` is set, else ``None``.

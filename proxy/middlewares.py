@@ -57,7 +57,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return web.json_response(body, status=500)
 
 
-_PUBLIC = frozenset({"/healthz", "/readyz", "/metrics"})
+# Admin routes: /stats and /dashboard check the admin key themselves (proxy.observe.routes).
+_PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/stats", "/dashboard"})
 
 
 def auth_middleware(auth: Authenticator) -> Middleware:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -46,6 +47,7 @@ _REQUEST_DROP = HOP_BY_HOP | {
     "x-cache-ttl",
     "prefer",
     "idempotency-key",
+    "x-request-id",  # the proxy's own (the client's when sane), set in request_headers
     # The proxy has the body already (or streams it): an upstream that never answers 100 must
     # not stall the request.
     "expect",
@@ -125,11 +127,14 @@ class Upstream:
         auth = (call.credential if self._pass_client_key else None) or self._auth
         if auth:
             headers["Authorization"] = auth
+        if call.note.request_id:
+            headers["X-Request-ID"] = call.note.request_id
         return headers
 
     async def send(self, call: Call, *, data: Any = None, stream_reply: bool = False) -> Reply:
         """Send ``call`` and return the reply: event streams and binary bodies (and every reply
         with ``stream_reply``) as a stream of chunks, JSON read whole."""
+        started, call.note.upstream = time.perf_counter(), self.name
         try:
             resp = await self.session.request(
                 call.method,
@@ -141,6 +146,9 @@ class Upstream:
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self.failure(exc, "unreachable") from exc
+        call.note.answered(self.name, resp.status, started)
+        if resp.status >= 400 and self._errors is not None:  # answered, but with a refusal
+            self._errors.labels(upstream=self.name, kind=f"http_{resp.status // 100}xx").inc()
         headers = reply_headers(resp.headers)
         if stream_reply or _is_streamed(resp.headers.get("Content-Type", "")):
             return Reply(resp.status, headers, stream=_Chunks(resp, self), closer=_closer(resp))

@@ -7,6 +7,7 @@ import asyncio
 from aiohttp import web
 
 from ..keys import METRICS, READINESS
+from ..observe.stats import refresh_gauges
 
 __all__ = ["healthz", "metrics_handler", "readyz"]
 
@@ -27,5 +28,6 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
+    await refresh_gauges(request.app)
     body = request.app[METRICS].export()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})

@@ -21,6 +21,7 @@ from ..errors import (
     UpstreamError,
 )
 from ..keys import DOOR, IDENTITY
+from ..observe.note import current_note
 from ..upstream import Router, forward_headers
 
 __all__ = [
@@ -253,9 +254,11 @@ async def write_reply(request: web.Request, reply: Reply) -> web.StreamResponse:
     try:
         resp = web.StreamResponse(status=reply.status, headers=reply.headers)
         await resp.prepare(request)
+        note = current_note()
         try:
             async for chunk in reply.stream:
                 await resp.write(chunk)
+                note.first_byte()
         except ProxyError as exc:
             log.warning("stream from upstream ended early on %s: %s", request.path, exc.message)
             return _broken(request, resp)
