@@ -170,7 +170,7 @@ class Observer:
             "request_id": note.request_id,
             "tenant": identity.tenant if identity is not None else None,
             "method": request.method,
-            "route": request.path if route != "other" else route,
+            "route": request.path,
             "query": query_names(request.rel_url.raw_query_string),
             "model": note.model,
             "upstream": note.upstream,
