@@ -48,7 +48,7 @@ def test_a_flood_is_one_line_per_interval_with_the_count(
     captured: tuple[logging.Logger, list[str], Clock],
 ) -> None:
     logger, out, clock = captured
-    for i in range(120):  # 4 a second for 30 s: the job worker while Redis is down
+    for _ in range(120):  # 4 a second for 30 s: the job worker while Redis is down
         logger.warning("job store unavailable; retrying in %ss", 0.5)
         clock.now += 0.25
     assert out == ["job store unavailable; retrying in 0.5s"]

@@ -54,7 +54,7 @@ def test_one_line_per_request_with_every_field_and_no_secret(
         http.post(chat_url, chat(stream=True), {"api-key": KEY_B}),  # streamed, other tenant
         http.get(f"{proxy.base_url}/models?api_key={KEY_B}&limit=3", bearer),
         http.post(chat_url, chat(), {"Authorization": "Bearer sk-wrong-key-1234"}),  # 401
-        http.request("DELETE", f"{proxy.base_url}/cache", headers={"Authorization": f"Bearer {ADMIN_KEY}"}),
+        http.request("DELETE", f"{proxy.base_url}/cache", headers={"api-key": ADMIN_KEY}),
     ]
     logged = lines.parsed()
     text = lines.text()
