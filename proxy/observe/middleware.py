@@ -176,7 +176,9 @@ class Observer:
             "upstream": note.upstream,
             "status": status,
             "cache": cache,
-            "coalesced": int(coalesced) if coalesced and not note.batch else 0,
+            "coalesced": int(coalesced)
+            if coalesced and coalesced.isdigit() and not note.batch
+            else 0,
             "batch": note.batch,
             "latency_ms": round(latency * 1000, 2),
             "upstream_ms": _ms(note.upstream_s),

@@ -67,7 +67,7 @@ class RequestLog:
         self.level = level
         self.fd = fd
         #: Where a batch of lines goes; tests may replace it.
-        self.sink: Callable[[bytes], None] = self._write
+        self.sink: Callable[[bytes], None] = self.write
         self._clock = _Clock()
         self._pending: list[bytes] = []
         self._scheduled = False
@@ -95,7 +95,8 @@ class RequestLog:
             self._pending.clear()
             self.sink(data)
 
-    def _write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> None:
+        """The default sink: ``data`` to ``fd``, all of it."""
         try:
             _write_all(self.fd, data)
         except OSError:  # stderr closed or full: the request must not fail for its log line

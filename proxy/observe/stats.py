@@ -11,7 +11,7 @@ import collections
 import math
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -25,6 +25,15 @@ __all__ = ["Stats", "quantile", "refresh_gauges"]
 RATE_WINDOW_S = 10.0
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
+#: A histogram bucket: (upper bound, cumulative count).
+Bucket = tuple[float, float]
+
+
+class _Sample(NamedTuple):
+    time: float
+    requests: float
+    errors: float
+    buckets: list[Bucket]
 
 
 def samples(registry: CollectorRegistry) -> Samples:
@@ -42,7 +51,7 @@ def total(data: Samples, name: str, **match: str) -> float:
     )
 
 
-def buckets(data: Samples, name: str) -> list[tuple[float, float]]:
+def buckets(data: Samples, name: str) -> list[Bucket]:
     """A histogram's cumulative ``(upper bound, count)`` pairs, summed over its labels."""
     sums: dict[float, float] = collections.defaultdict(float)
     for labels, v in data.get(f"{name}_bucket", ()):
@@ -50,7 +59,7 @@ def buckets(data: Samples, name: str) -> list[tuple[float, float]]:
     return sorted(sums.items())
 
 
-def quantile(q: float, cumulative: Iterable[tuple[float, float]]) -> float | None:
+def quantile(q: float, cumulative: Iterable[Bucket]) -> float | None:
     """Prometheus' ``histogram_quantile``: linear within the bucket; ``None`` when empty."""
     pairs = list(cumulative)
     if not pairs or pairs[-1][1] == 0:
@@ -102,8 +111,9 @@ class Stats:
     """Builds the ``/stats`` document; keeps a few earlier totals to compute rates."""
 
     def __init__(self, *, clock: Any = time.monotonic) -> None:
-        self._clock = clock
-        self._history: collections.deque[tuple[float, float, float]] = collections.deque(maxlen=64)
+        self.clock = clock
+        #: (time, requests, 5xx answers, request duration buckets) at earlier calls
+        self._history: collections.deque[_Sample] = collections.deque(maxlen=64)
 
     async def document(self, app: web.Application) -> dict[str, Any]:
         await refresh_gauges(app)
@@ -112,7 +122,8 @@ class Stats:
         requests = total(data, "llm_proxy_requests_total")
         answers = data.get("llm_proxy_requests_total", ())
         errors = sum(v for labels, v in answers if labels["status"].startswith("5"))
-        rps, eps = self._rates(requests, errors)
+        whole = buckets(data, "llm_proxy_request_duration_seconds")
+        rps, eps, recent = self._recent(_Sample(self.clock(), requests, errors, whole))
         cacheable = sum(
             total(data, f"llm_proxy_cache_{k}_total") for k in ("hits", "misses", "bypasses")
         )
@@ -141,6 +152,11 @@ class Stats:
                 for cause in ("cache", "dedup", "batching")
             },
             "latency_ms": _latencies(data),
+            # over the same window as the rates (the dashboard's chart)
+            "recent_latency_ms": {
+                "p50": _ms(quantile(0.5, recent)),
+                "p99": _ms(quantile(0.99, recent)),
+            },
             "batches": {
                 "count": int(batches),
                 "mean_size": round(batch_inputs / batches, 2) if batches else None,
@@ -162,23 +178,27 @@ class Stats:
             "recent_errors": list(reversed(app[OBSERVER].recent_errors)),
         }
 
-    def _rates(self, requests: float, errors: float) -> tuple[float | None, float | None]:
-        now = self._clock()
+    def _recent(self, now: _Sample) -> tuple[float | None, float | None, list[Bucket]]:
+        """Requests and 5xx per second, and the duration buckets, since a sample at least
+        :data:`RATE_WINDOW_S` old (or the oldest one); nothing until a second has passed."""
         history = self._history
-        if not history or now - history[-1][0] >= 1.0:
-            history.append((now, requests, errors))
-        base = None
+        if not history or now.time - history[-1].time >= 1.0:
+            history.append(now)
+        base = history[0]
         for sample in history:
-            if now - sample[0] >= RATE_WINDOW_S:
-                base = sample
-            else:
+            if now.time - sample.time < RATE_WINDOW_S:
                 break
-        if base is None:
-            base = history[0]
-        elapsed = now - base[0]
+            base = sample
+        elapsed = now.time - base.time
         if elapsed < 1.0:
-            return None, None
-        return round((requests - base[1]) / elapsed, 2), round((errors - base[2]) / elapsed, 2)
+            return None, None, []
+        before = dict(base.buckets)
+        recent = [(bound, count - before.get(bound, 0.0)) for bound, count in now.buckets]
+        return (
+            round((now.requests - base.requests) / elapsed, 2),
+            round((now.errors - base.errors) / elapsed, 2),
+            recent,
+        )
 
 
 def _by(data: Samples, name: str, label: str) -> dict[str, int]:

@@ -9,6 +9,8 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.fake_upstream import Scripted
+from proxy.config import parse_settings
+from proxy.observe.labels import ModelLabels
 from tests.conftest import Fake, ProxyFactory
 from tests.jobs.conftest import http as job_http
 from tests.jobs.conftest import wait_for
@@ -128,3 +130,20 @@ def test_label_values_stay_bounded(make_proxy: ProxyFactory, fake: Fake) -> None
     assert models == {"other", "none", "gpt-4o"}  # listed by the upstream: learned
     assert routes == {"/v1/chat/completions", "/v1/files/*", "other", "/v1/models"}
     assert not any(re.search(r"made-up|file-\d|random-", str(lab)) for lab in labels)
+
+
+def test_model_label_cap_and_sources() -> None:
+    settings = parse_settings(
+        {
+            "upstreams": [{"name": "u", "base_url": "http://h/v1", "models": ["a", "b-*"]}],
+            "routing": {"model_aliases": {"fast": "a-large"}},
+        },
+        env={},
+    )
+    labels = ModelLabels(settings, cap=5)
+    assert [labels.of(m) for m in ("a", "fast", "a-large", "b-1", None)] == [
+        "a", "fast", "a-large", "other", "none",
+    ]  # fmt: skip
+    labels.learn(f"listed-{i}" for i in range(10))  # room for two more
+    assert labels.of("listed-0") == "listed-0" and labels.of("listed-1") == "listed-1"
+    assert labels.of("listed-2") == "other"

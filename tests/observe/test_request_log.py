@@ -133,9 +133,10 @@ def test_access_log_off_writes_nothing(make_proxy: ProxyFactory) -> None:
 def test_lines_reach_stderr(make_proxy: ProxyFactory, capfd: pytest.CaptureFixture[str]) -> None:
     """The default sink writes whole lines to file descriptor 2."""
     proxy = make_proxy({"server": {"log_format": "json"}})
-    answer = http.post(f"{proxy.base_url}/chat/completions", chat(), {"X-Request-ID": "req-fd-2"})
     log = proxy.app[OBSERVER].log
     assert log is not None
+    proxy.live.bg.call(lambda: setattr(log, "sink", log.write))  # (the fixture muted it)
+    answer = http.post(f"{proxy.base_url}/chat/completions", chat(), {"X-Request-ID": "req-fd-2"})
     proxy.live.bg.call(log.flush)
     err = capfd.readouterr().err
     [line] = [json.loads(x) for x in err.splitlines() if '"request_id":"req-fd-2"' in x]

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bench.fake_upstream import Scripted
+from proxy.keys import OBSERVER
 from tests.conftest import KEY_A, Fake, ProxyFactory
 from tests.support import http
 
@@ -154,3 +155,21 @@ def test_screenshot(make_proxy: ProxyFactory, fake: Fake, tmp_path: Path) -> Non
         f"{proxy.url}/dashboard",
     )
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+def test_rates_and_recent_latency_over_the_window(make_proxy: ProxyFactory, fake: Fake) -> None:
+    proxy = make_proxy()
+    stats = proxy.app[OBSERVER].stats
+    now = [100.0]
+    proxy.live.bg.call(lambda: setattr(stats, "clock", lambda: now[0]))
+    some_traffic(proxy.base_url, fake)
+    first = http.get(f"{proxy.url}/stats").json()
+    assert first["requests"]["per_second"] is None and first["recent_latency_ms"]["p50"] is None
+    now[0] += 10.0
+    for i in range(5):
+        http.post(f"{proxy.base_url}/chat/completions", {**CHAT, "user": f"u{i}"})  # hits
+    second = http.get(f"{proxy.url}/stats").json()
+    assert second["requests"]["per_second"] == 0.5  # 5 requests in 10 s
+    assert second["requests"]["errors_per_second"] == 0.0
+    recent = second["recent_latency_ms"]
+    assert recent["p50"] is not None and recent["p50"] <= second["latency_ms"]["p99"]
