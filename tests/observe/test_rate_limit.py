@@ -5,11 +5,16 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from proxy.observe.logs import RATE_LIMIT_S, RateLimitFilter, configure_logging
+from tests.core.test_cli import start, stop, wait_listening
 
 
 class Clock:
@@ -91,3 +96,54 @@ def test_configure_logging_installs_it_and_writes_json() -> None:
     [line] = [json.loads(x) for x in stream.getvalue().splitlines()]
     assert line["level"] == "warning" and line["logger"] == "proxy.jobs.worker"
     assert line["message"] == "job store unavailable"
+
+
+class ClosingServer:
+    """A TCP port that accepts connections and closes them at once: a Redis that is down."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        self._thread.join(5)
+
+
+def test_the_job_worker_does_not_flood_the_log_while_redis_is_down(tmp_path: Path) -> None:
+    """The real command line: the worker polls a dead Redis 20 times a second; the log gets one
+    line per cause."""
+    redis = ClosingServer()
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"redis: {{url: 'redis://127.0.0.1:{redis.port}/0'}}\n"
+        "jobs: {store: redis, poll_interval_s: 0.05}\n"
+        "upstreams: [{name: fake, base_url: 'http://127.0.0.1:9/v1'}]\n"
+    )
+    proc = start("--config", str(config), "--host", "127.0.0.1", "--port", "0")
+    try:
+        wait_listening(proc)
+        deadline = time.monotonic() + 20
+        while redis.accepted < 30:  # at least 30 failed polls (a bounded wait, not a sleep)
+            assert time.monotonic() < deadline, f"only {redis.accepted} connections"
+            time.sleep(0.02)
+    finally:
+        err = stop(proc)
+        redis.close()
+    about_the_store = [line for line in err.splitlines() if "job store" in line]
+    assert 1 <= len(about_the_store) <= 2, err  # the worker's line and the store's
+    assert all(json.loads(line)["level"] == "warning" for line in about_the_store)
