@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,8 @@ import orjson
 
 __all__ = ["RequestLog", "query_names"]
 
+#: Writes up to this size to a pipe are never interleaved with other processes' writes.
+_ATOMIC_BYTES = select.PIPE_BUF if hasattr(select, "PIPE_BUF") else 512
 #: Bodies logged with ``server.log_bodies`` are cut at this many bytes.
 MAX_LOGGED_BODY_BYTES = 16 * 1024
 
@@ -89,11 +92,20 @@ class RequestLog:
                 self.flush()
 
     def flush(self) -> None:
+        """Write what is pending, in pieces of whole lines of at most ``PIPE_BUF`` bytes: a pipe
+        keeps such writes whole, so worker processes sharing stderr never split a line."""
         self._scheduled = False
-        if self._pending:
-            data = b"".join(self._pending)
-            self._pending.clear()
-            self.sink(data)
+        pending, self._pending = self._pending, []
+        piece: list[bytes] = []
+        size = 0
+        for line in pending:
+            if piece and size + len(line) > _ATOMIC_BYTES:
+                self.sink(b"".join(piece))
+                piece, size = [], 0
+            piece.append(line)
+            size += len(line)
+        if piece:
+            self.sink(b"".join(piece))
 
     def write(self, data: bytes) -> None:
         """The default sink: ``data`` to ``fd``, all of it."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.observe.logs import RATE_LIMIT_S, RateLimitFilter, configure_logging
+from proxy.observe.logs import RATE_LIMIT_S, RateLimitFilter, configure_logging, resolve_format
 from tests.core.test_cli import start, stop, wait_listening
 
 
@@ -147,3 +147,13 @@ def test_the_job_worker_does_not_flood_the_log_while_redis_is_down(tmp_path: Pat
     about_the_store = [line for line in err.splitlines() if "job store" in line]
     assert 1 <= len(about_the_store) <= 2, err  # the worker's line and the store's
     assert all(json.loads(line)["level"] == "warning" for line in about_the_store)
+
+
+def test_auto_format_is_text_on_a_terminal() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert resolve_format("auto", Terminal()) == "text"
+    assert resolve_format("auto", io.StringIO()) == "json"
+    assert resolve_format("json", Terminal()) == "json"

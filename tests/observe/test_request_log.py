@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import select
 from typing import Any
 
 import pytest
 
 from bench.fake_upstream import Scripted
 from proxy.keys import OBSERVER
+from proxy.observe.requestlog import RequestLog
 from tests.conftest import KEY_A, KEY_B, Fake, ProxyFactory
 from tests.observe.helpers import Lines
 from tests.support import http
@@ -141,3 +145,19 @@ def test_lines_reach_stderr(make_proxy: ProxyFactory, capfd: pytest.CaptureFixtu
     err = capfd.readouterr().err
     [line] = [json.loads(x) for x in err.splitlines() if '"request_id":"req-fd-2"' in x]
     assert answer.headers["x-request-id"] == "req-fd-2" and line["status"] == 200
+
+
+def test_lines_are_written_whole_in_pieces_a_pipe_keeps_whole() -> None:
+    log = RequestLog(fmt="json", level=logging.INFO)
+    writes: list[bytes] = []
+    log.sink = writes.append
+
+    async def one_loop_turn() -> None:
+        for i in range(200):
+            log.emit({"n": i, "status": 200, "pad": "x" * 100})
+        await asyncio.sleep(0)  # the flush the first line scheduled
+
+    asyncio.run(one_loop_turn())
+    assert len(writes) > 1 and all(len(w) <= select.PIPE_BUF for w in writes)
+    assert all(w.endswith(b"\n") for w in writes)
+    assert [json.loads(x)["n"] for w in writes for x in w.splitlines()] == list(range(200))
