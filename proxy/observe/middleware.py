@@ -28,6 +28,8 @@ from .stats import Stats
 
 __all__ = ["NOTE", "QUIET_PATHS", "Observer", "build_observer"]
 
+log = logging.getLogger(__name__)
+
 #: Neither logged nor counted: health probes, scrapes, the dashboard and its data.
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/stats", "/dashboard"})
 #: Per request: its note.
@@ -79,7 +81,8 @@ class Observer:
             note = Note(self._request_id(request), time.perf_counter())
             request[NOTE] = note
             token = open_note(note)
-            self._in_flight.inc()
+            if self.count:
+                self._in_flight.inc()
             response: web.StreamResponse | None = None
             status = _CLIENT_GONE
             try:
@@ -91,8 +94,12 @@ class Observer:
                 raise
             finally:
                 close_note(token)
-                self._in_flight.dec()
-                self.finish(request, note, response, status)
+                if self.count:
+                    self._in_flight.dec()
+                try:
+                    self.finish(request, note, response, status)
+                except Exception:  # the outermost place: seeing a request never breaks it
+                    log.exception("request log or metrics failed on %s", request.path)
 
         return observe
 
