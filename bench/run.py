@@ -84,6 +84,12 @@ _CACHE_REDIS: Mapping[str, Any] = {
     "redis": {"url": "${LLM_PROXY_BENCH_JOBS_REDIS_URL}"},  # the scenario starts a redis-server
 }
 
+# Observability (issue 9): on as shipped (JSON forced: the log goes to a file either way), off.
+_OBSERVE_ON: Mapping[str, Any] = {
+    "server": {"access_log": True, "log_format": "json", "request_metrics": True}
+}
+_OBSERVE_OFF: Mapping[str, Any] = {"server": {"access_log": False, "request_metrics": False}}
+
 # Jobs (issue 5): driven by bench.jobs_load, which speaks the loadgen command line.
 _JOBS_DRIVERS = {"job-submit": "bench.jobs_load", "job-drain": "bench.jobs_load"}
 _JOBS_REDIS: Mapping[str, Any] = {
@@ -126,6 +132,24 @@ SCENARIOS: dict[str, Scenario] = {
         concurrency=64,
         count=20000,
         metrics=(RPS, P50, P99, UPSTREAM),
+    ),
+    # Observability (issue 9): the request log (JSON, to the proxy's log file) and the
+    # per-request metrics, against both off. Run the pair together; compare their RPS.
+    "passthrough-observe-on": Scenario(
+        "chat, non-stream, 64 concurrent: request log (JSON to a file) and metrics on",
+        load="chat",
+        concurrency=64,
+        count=20000,
+        metrics=(RPS, P50, P99, UPSTREAM),
+        proxy_config=_OBSERVE_ON,
+    ),
+    "passthrough-observe-off": Scenario(
+        "chat, non-stream, 64 concurrent: request log and per-request metrics off",
+        load="chat",
+        concurrency=64,
+        count=20000,
+        metrics=(RPS, P50, P99, UPSTREAM),
+        proxy_config=_OBSERVE_OFF,
     ),
     # Coalescing (issue 4).
     "dedup-burst": Scenario(

@@ -23,6 +23,7 @@ from .keys import (
     CACHE,
     DOOR,
     METRICS,
+    OBSERVER,
     ORIGINS,
     PIPELINE,
     READINESS,
@@ -33,6 +34,8 @@ from .keys import (
 )
 from .metrics import Metrics
 from .middlewares import answer_expect_in_openai_shape, auth_middleware, error_middleware
+from .observe.middleware import build_observer
+from .observe.routes import add_observe_routes
 from .readiness import Readiness, redis_ping
 from .redis_client import open_redis
 from .responses import add_response_routes, responses_ctx
@@ -108,6 +111,7 @@ async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         stage = app[key]
         if stage is not None:
             pipeline = stage.wrap(pipeline)
+    pipeline = app[OBSERVER].wrap(pipeline)
     app[PIPELINE] = pipeline
     server = app[SETTINGS].server
     app[DOOR] = ProxyDoor(
@@ -133,15 +137,19 @@ async def readiness_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     """Build the proxy application; every resource opens in a cleanup context."""
     auth = Authenticator.for_settings(settings)
+    metrics = Metrics()
+    observer = build_observer(settings, metrics)
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[error_middleware, auth_middleware(auth)],
+        middlewares=[observer.middleware(), error_middleware, auth_middleware(auth)],
     )
+    app.on_response_prepare.append(observer.on_prepare)
     app[SETTINGS] = settings
     app[AUTH] = auth
-    app[METRICS] = Metrics()
+    app[METRICS] = metrics
+    app[OBSERVER] = observer
     app[READINESS] = Readiness(
-        requires_redis=settings.server.ready_requires_redis, gauge=app[METRICS].degraded
+        requires_redis=settings.server.ready_requires_redis, gauge=metrics.degraded
     )
     # Order matters: each context may use what the ones before it opened.
     app.cleanup_ctx.append(redis_ctx)
@@ -162,6 +170,7 @@ def create_app(settings: Settings) -> web.Application:
     add_cache_routes(app)
     add_job_routes(app)
     add_response_routes(app)
+    add_observe_routes(app)
     app.router.add_route("*", "/v1/{tail:.*}", proxy_handler)
     answer_expect_in_openai_shape(app)
     return app

@@ -12,6 +12,7 @@ import orjson
 from multidict import CIMultiDict
 
 from .errors import InvalidRequest, UpstreamError
+from .observe.note import Note, current_note
 
 if TYPE_CHECKING:
     from .upstream import Upstream
@@ -137,6 +138,8 @@ class Call:
     #: The cache key (hex SHA-256 of the canonical request), set by the cache stage when the
     #: call is cacheable; the coalescing stages share it. ``None``: not cacheable.
     key: str | None = None
+    #: What the stages decided, for the request's log line and metrics (shared by copies).
+    note: Note = field(default_factory=current_note, compare=False, repr=False)
 
     def with_body(self, data: dict[str, Any], body: bytes) -> Call:
         return replace(self, json=data, body=body)

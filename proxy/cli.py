@@ -18,6 +18,7 @@ from . import __version__
 from .app import create_app
 from .auth import is_loopback
 from .config import ConfigError, Settings, load_config, masked_dump
+from .observe.logs import configure_logging
 
 try:
     import uvloop
@@ -115,7 +116,6 @@ def _run(settings: Settings, host: str, port: int) -> None:
         port=port,
         shutdown_timeout_s=server.shutdown_timeout_s,
         idle_timeout_s=server.idle_timeout_s,
-        access_log=server.access_log,
     )
     with asyncio.Runner(loop_factory=_LOOP_FACTORY) as runner:
         runner.run(coro)
@@ -163,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    # JSON or text, repeated warnings rate-limited; the request log itself is the app's.
+    configure_logging(fmt=settings.server.log_format, level=settings.server.log_level)
     host = ns.host if ns.host is not None else settings.server.host
     port = ns.port if ns.port is not None else settings.server.port
     _warn_open_relay(settings, host)

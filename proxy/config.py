@@ -69,9 +69,17 @@ class ServerSettings(_Section):
     #: A client connection with no complete request for this long is closed: an idle keep-alive,
     #: or headers trickling in (slowloris). aiohttp alone would keep it for an hour.
     idle_timeout_s: float = Field(75.0, gt=0)
-    access_log: bool = False
     #: ``/readyz`` answers 503 while a Redis-backed part is degraded (default: 200, naming it).
     ready_requires_redis: bool = False
+    #: The request log: one structured line per request (replaces aiohttp's access log).
+    access_log: bool = True
+    #: ``auto``: JSON lines when stderr is not a terminal, readable text when it is.
+    log_format: Literal["auto", "json", "text"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: Put request and answer bodies (prompts, completions) in the request log.
+    log_bodies: bool = False
+    #: Per-request metrics (counts, latency histograms); off only to measure what they cost.
+    request_metrics: bool = True
 
 
 class UpstreamSettings(_Section):

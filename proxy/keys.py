@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .handlers.models import ModelList
     from .handlers.proxy import ProxyDoor
     from .metrics import Metrics
+    from .observe.middleware import Observer
     from .readiness import Readiness
     from .responses import OriginStage
     from .upstream import Router
@@ -26,6 +27,7 @@ __all__ = [
     "JOBS",
     "METRICS",
     "MODEL_LIST",
+    "OBSERVER",
     "ORIGINS",
     "PIPELINE",
     "READINESS",
@@ -40,6 +42,8 @@ AUTH: web.AppKey[Authenticator] = web.AppKey("auth")
 ROUTER: web.AppKey[Router] = web.AppKey("router")
 DOOR: web.AppKey[ProxyDoor] = web.AppKey("door")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+#: Request ids, the request log and the per-request metrics (``proxy.observe``).
+OBSERVER: web.AppKey[Observer] = web.AppKey("observer")
 #: The merged ``GET /v1/models`` lists, per tenant.
 MODEL_LIST: web.AppKey[ModelList] = web.AppKey("model_list")
 #: ``redis.asyncio.Redis`` when ``redis.url`` is set, else ``None``.

@@ -1,13 +1,27 @@
 """Counters and histograms, on a registry of the app's own (no process globals).
 
-Label values are route paths, upstream names and outcomes: never a tenant, key or prompt.
+Label values are route paths, upstream names and outcomes: never a tenant, key or prompt. Every
+Gauge names its ``multiprocess_mode`` (how worker processes' values combine); the per-request
+families are plain counters and histograms, which multiprocess mode sums. See docs/operations.md.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
-__all__ = ["Metrics"]
+__all__ = ["LATENCY_BUCKETS_S", "Metrics"]
+
+#: Seconds: from a cache hit (well under a millisecond) to a long generation.
+LATENCY_BUCKETS_S = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+)  # fmt: skip
 
 
 class Metrics:
@@ -28,10 +42,16 @@ class Metrics:
         self.cache_stores = Counter("llm_proxy_cache_stores", "Entries stored", registry=r)
         self.cache_evictions = Counter("llm_proxy_cache_evictions", "Entries evicted", registry=r)
         self.cache_bytes = Gauge(
-            "llm_proxy_cache_bytes", "Bytes held by the memory cache", registry=r
+            "llm_proxy_cache_bytes",
+            "Bytes held by the memory cache",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.cache_entries = Gauge(
-            "llm_proxy_cache_entries", "Entries in the memory cache", registry=r
+            "llm_proxy_cache_entries",
+            "Entries in the memory cache",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.redis_errors = Counter(
             "llm_proxy_redis_errors", "Redis operations that failed", ["op"], registry=r
@@ -53,6 +73,7 @@ class Metrics:
             "Estimated time of the batch's requests sent alone / time of the batch",
             ["route"],
             registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.cache_input_hits = Counter(
             "llm_proxy_cache_input_hits",
@@ -71,6 +92,75 @@ class Metrics:
             "1 while a part is degraded (cache off, job store unavailable), by part",
             ["part"],
             registry=r,
+        )
+        self._add_observability(r)
+        ProcessCollector(registry=r)
+
+    def _add_observability(self, r: CollectorRegistry) -> None:
+        """The per-request families (filled by :mod:`proxy.observe`) and the state gauges."""
+        self.requests = Counter(
+            "llm_proxy_requests",
+            "Requests answered, by route, upstream, model, status and cache result",
+            ["route", "upstream", "model", "status", "cache"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "llm_proxy_request_duration_seconds",
+            "Whole request, as the proxy saw it",
+            ["route"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "llm_proxy_upstream_duration_seconds",
+            "Upstream call, until its answer started",
+            ["upstream"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.ttfb_seconds = Histogram(
+            "llm_proxy_time_to_first_byte_seconds",
+            "Streamed answers: until the first byte went to the client",
+            ["route"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "llm_proxy_requests_in_flight",
+            "Requests being handled",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.calls_saved = Counter(
+            "llm_proxy_upstream_calls_saved",
+            "Upstream calls not made, by cause (cache, dedup, batching)",
+            ["cause"],
+            registry=r,
+        )
+        self.cache_hit_ratio = Gauge(
+            "llm_proxy_cache_hit_ratio",
+            "Cache hits / cacheable requests since start (the design notes' formula)",
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.jobs_queued = Gauge(
+            "llm_proxy_jobs_queued",
+            "Jobs waiting in the queue (the store's count: shared by replicas on Redis)",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.job_wait_seconds = Histogram(
+            "llm_proxy_job_wait_seconds",
+            "From a job's submission to its first attempt",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.breaker_open = Gauge(
+            "llm_proxy_breaker_open",
+            "1 while a Redis path's circuit breaker is open (the path is skipped)",
+            ["path"],
+            registry=r,
+            multiprocess_mode="max",
         )
 
     def hit_rate(self) -> float:

@@ -66,7 +66,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return web.json_response(body, status=500)
 
 
-_PUBLIC = frozenset({"/healthz", "/readyz", "/metrics"})
+# /stats and /dashboard check the admin key themselves (proxy.observe.routes): a browser may
+# send it as a Basic password, and passthrough mode leaves them open.
+_PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/stats", "/dashboard"})
 _ADMIN_MARK = "_llm_proxy_admin_route"
 
 H = TypeVar("H")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -47,6 +48,7 @@ _REQUEST_DROP = HOP_BY_HOP | {
     "x-cache-ttl",
     "prefer",
     "idempotency-key",
+    "x-request-id",  # the proxy's own (the client's when sane), set in request_headers
     # The proxy has the body already (or streams it): an upstream that never answers 100 must
     # not stall the request.
     "expect",
@@ -123,6 +125,8 @@ class Upstream:
         headers = dict(call.headers)
         if self._extra_headers:
             headers.update(self._extra_headers)
+        if call.note.request_id:
+            headers["X-Request-ID"] = call.note.request_id
         if self._pass_client_key and call.credential is not None:
             name, value = credential_header(call.credential)
         elif self._auth is not None:
@@ -135,6 +139,7 @@ class Upstream:
     async def send(self, call: Call, *, data: Any = None, stream_reply: bool = False) -> Reply:
         """Send ``call`` and return the reply: event streams and binary bodies (and every reply
         with ``stream_reply``) as a stream of chunks, JSON read whole."""
+        started, call.note.upstream = time.perf_counter(), self.name
         try:
             resp = await self.session.request(
                 call.method,
@@ -146,6 +151,9 @@ class Upstream:
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self.failure(exc, "unreachable") from exc
+        call.note.answered(self.name, resp.status, started)
+        if resp.status >= 400 and self._errors is not None:  # answered, but with a refusal
+            self._errors.labels(upstream=self.name, kind=f"http_{resp.status // 100}xx").inc()
         headers = reply_headers(resp.headers)
         if stream_reply or _is_streamed(resp.headers.get("Content-Type", "")):
             return Reply(resp.status, headers, stream=_Chunks(resp, self), closer=_closer(resp))

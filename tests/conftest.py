@@ -112,6 +112,9 @@ def make_proxy(bg: BackgroundLoop, fake: Fake) -> Iterator[ProxyFactory]:
             # The product's 50 ms Redis bound is for a quiet server, not a loaded 2-core CI
             # machine; tests that measure the bound itself set it explicitly.
             "redis": {"op_timeout_ms": 500},
+            # The request log (on by default) would write to the terminal after a test's capture
+            # has ended; tests of the log turn it on (tests/observe).
+            "server": {"access_log": False},
         }
         settings = parse_settings(deep_merge(base, config or {}), env={})
         proxy = Proxy(LiveApp(bg, create_app(settings)).start())

@@ -284,6 +284,7 @@ class Batcher:
             call = _merged(route, members)
             inputs = sum(len(m.parsed.items) for m in members)
             self.metrics.batches.labels(route.path).inc()
+            self.metrics.calls_saved.labels(cause="batching").inc(len(members) - 1)
             self.metrics.batch_size.labels(route.path).observe(inputs)
             start = asyncio.get_running_loop().time()
             reply = await next_stage(call)
@@ -311,6 +312,7 @@ class Batcher:
                 log.warning("cannot split a merged %s answer (%s); retrying alone", route.path, exc)
             else:
                 for member, answer in zip(members, answers, strict=True):
+                    member.call.note.batch = len(members)
                     headers = CIMultiDict(reply.headers)
                     headers[COALESCED] = str(len(members))
                     member.resolve(Reply(reply.status, headers, body=orjson.dumps(answer)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..keys import METRICS, READINESS
+from ..observe.stats import refresh_gauges
 
 __all__ = ["healthz", "metrics_handler", "readyz"]
 
@@ -20,5 +21,6 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics_handler(request: web.Request) -> web.Response:
     await request.app[READINESS].degraded()  # the llm_proxy_degraded gauge as of this scrape
+    await refresh_gauges(request.app)
     body = request.app[METRICS].export()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})

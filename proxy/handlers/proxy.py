@@ -25,6 +25,7 @@ from ..errors import (
 )
 from ..keys import DOOR, IDENTITY
 from ..limits import check_limits
+from ..observe.note import current_note
 from ..upstream import Router, Upstream, forward_headers
 
 __all__ = [
@@ -285,15 +286,18 @@ async def write_reply(request: web.Request, reply: Reply) -> web.StreamResponse:
         # An SSE stream is written up to its last complete event, so that a failure can still
         # be told to the client as an event of its own instead of a glued-on fragment.
         pending = b""
+        note = current_note()
         try:
             async for chunk in reply.stream:
                 if not sse:
                     await resp.write(chunk)
+                    note.first_byte()
                     continue
                 pending += chunk
                 end = _events_end(pending)
                 if end:
                     await resp.write(pending[:end])
+                    note.first_byte()
                     pending = pending[end:]
             if pending:
                 await resp.write(pending)

@@ -156,6 +156,14 @@ class MemoryJobStore:
     async def close(self) -> None:
         pass
 
+    async def queued(self) -> int:
+        # (a requeued job may have an older entry left in the lazily pruned heap)
+        return len({i for _, _, i in self._queue if i not in self._leases and self._is_queued(i)})
+
+    def _is_queued(self, job_id: str) -> bool:
+        job = self._jobs.get(job_id)
+        return job is not None and job.status == "queued"
+
     # --- internals ----------------------------------------------------------------------------
 
     def _push(self, job: Job) -> None:

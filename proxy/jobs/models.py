@@ -102,6 +102,8 @@ class Job:
         }
         if self.callback_url is not None:
             out["callback_url"] = self.callback_url
+        if "X-Request-ID" in self.headers:  # the submitting request's id, for the logs
+            out["request_id"] = self.headers["X-Request-ID"]
         if self.completed_at is not None:
             out["completed_at"] = int(self.completed_at)
         if self.last_error is not None and not self.finished:

@@ -377,3 +377,6 @@ class RedisJobStore:
 
     async def close(self) -> None:
         pass  # the Redis client belongs to the app (redis_ctx)
+
+    async def queued(self) -> int:
+        return int(await self._op(self.redis.zcard(self.keys.queue)))

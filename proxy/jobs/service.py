@@ -166,7 +166,7 @@ class JobService:
             run_after=sub.run_after,
             metadata=dict(sub.metadata or {}),
             callback_url=sub.callback_url,
-            headers={str(k): str(v) for k, v in call.headers.items()},
+            headers={str(k): str(v) for k, v in call.headers.items()} | _request_id(call),
             credential=call.credential,
             fingerprint=fingerprint(call),
         )
@@ -232,3 +232,8 @@ class JobService:
             raise InvalidRequest(
                 "Only a finished job can be deleted: cancel it first", code="job_not_finished"
             )
+
+
+def _request_id(call: Call) -> dict[str, str]:
+    """The submitting request's ``X-Request-ID``, kept with the job and sent with each attempt."""
+    return {"X-Request-ID": call.note.request_id} if call.note.request_id else {}

@@ -198,6 +198,8 @@ class Worker:
             return
         for job in jobs:
             self.metrics.jobs.labels(status="in_progress").inc()
+            if job.attempts == 1:
+                self.metrics.job_wait_seconds.observe(max(0.0, now - job.score))
             task = asyncio.create_task(self._run(job))
             self._tasks.add(task)
             task.add_done_callback(self._task_done)
@@ -278,7 +280,7 @@ class Worker:
     def _call(self, job: Job) -> Call:
         identity = Identity(tenant=job.tenant, credential=job.credential)
         data = orjson.loads(job.body)
-        return self.door.build_call(
+        call = self.door.build_call(
             identity=identity,
             method="POST",
             path=job.endpoint,
@@ -286,6 +288,8 @@ class Worker:
             body=job.body,
             data=data,
         )
+        call.note.request_id = job.headers.get("X-Request-ID", "")
+        return call
 
     def backoff_s(self, attempts: int) -> float:
         """Exponential backoff with jitter (half fixed, half random)."""

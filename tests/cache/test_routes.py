@@ -50,7 +50,7 @@ def test_every_route_hits_on_repeat(make_proxy: ProxyFactory, fake: Fake, config
         assert second.headers["x-cache"] == "HIT"
         assert first.headers["x-cache-key"] == second.headers["x-cache-key"]
         assert int(second.headers["age"]) >= 0
-        assert second.headers["x-request-id"] == first.headers["x-request-id"]
+        assert second.headers["x-upstream-request-id"] == first.headers["x-upstream-request-id"]
         assert second.content == first.content  # byte for byte
         assert second.parse() == first.parse()
     assert sum(fake.state.calls.values()) == 4

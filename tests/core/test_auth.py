@@ -70,19 +70,23 @@ def test_admin_route_marks_any_route(bg: BackgroundLoop, fake: Fake) -> None:
     """The notion other admin routes reuse: ``@admin_route``, in either mode."""
 
     @admin_route
-    async def stats(request: web.Request) -> web.Response:
+    async def ops(request: web.Request) -> web.Response:
         return web.json_response({"tenant": request[IDENTITY].tenant})
 
     for mode in ({}, KEYS_MODE):
-        config = deep_merge({"upstreams": [{"name": "fake", "base_url": fake.url}]}, mode)
+        base = {
+            "upstreams": [{"name": "fake", "base_url": fake.url}],
+            "server": {"access_log": False},
+        }
+        config = deep_merge(base, mode)
         config = deep_merge(config, {"auth": {"admin_keys": [{"name": "ops", "key": ADMIN}]}})
         app = create_app(parse_settings(config, env={}))
-        app.router.add_get("/stats", stats)
+        app.router.add_get("/ops/example", ops)
         live = LiveApp(bg, app).start()
         try:
-            assert http.get(f"{live.url}/stats", bearer(ADMIN)).status == 200
-            assert http.get(f"{live.url}/stats", bearer(KEY_A)).status == 403
-            assert http.get(f"{live.url}/stats").status == 401
+            assert http.get(f"{live.url}/ops/example", bearer(ADMIN)).status == 200
+            assert http.get(f"{live.url}/ops/example", bearer(KEY_A)).status == 403
+            assert http.get(f"{live.url}/ops/example").status == 401
         finally:
             live.stop()
 
@@ -176,7 +180,10 @@ def remote_proxy(bg: BackgroundLoop, fake: Fake) -> Iterator[Any]:
         return await handler(request.clone(remote=REMOTE))
 
     def make(config: dict[str, Any]) -> Proxy:
-        base = {"upstreams": [{"name": "fake", "base_url": fake.url, "api_key": "sk-up"}]}
+        base = {
+            "upstreams": [{"name": "fake", "base_url": fake.url, "api_key": "sk-up"}],
+            "server": {"access_log": False},
+        }
         app = create_app(parse_settings(deep_merge(base, config), env={}))
         app.middlewares.insert(0, from_elsewhere)
         live = LiveApp(bg, app).start()

@@ -28,8 +28,8 @@ def test_chat_identical_to_direct(proxy: Proxy, direct: openai.OpenAI) -> None:
     raw = direct.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
     assert via.content == raw.content
     assert via.parse().choices[0].message.content == "echo: tell me about the weather in Paris"
-    # Upstream headers reach the client unchanged.
-    assert via.headers["x-request-id"] == raw.headers["x-request-id"]
+    # Upstream headers reach the client unchanged; the upstream's request id beside the proxy's.
+    assert via.headers["x-upstream-request-id"] == raw.headers["x-request-id"]
     assert via.headers["x-ratelimit-remaining-requests"] == "999"
     assert via.headers["content-type"] == "application/json"
 

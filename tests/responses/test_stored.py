@@ -39,6 +39,7 @@ def two_upstreams(bg: BackgroundLoop, fake: Fake, second: Fake) -> Iterator[Any]
             ],
             "routing": {"default_upstream": "first"},
             "redis": {"op_timeout_ms": 500},
+            "server": {"access_log": False},
         }
         settings = parse_settings(deep_merge(base, config or {}), env={})
         started.append(Proxy(LiveApp(bg, create_app(settings)).start()))
