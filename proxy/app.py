@@ -11,6 +11,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from .auth import Authenticator
+from .batches import add_batch_routes, batches_ctx
 from .cache import add_cache_routes, cache_ctx
 from .call import Call, Next, Reply
 from .coalesce import coalesce_ctx
@@ -146,6 +147,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(coalesce_ctx)
     app.cleanup_ctx.append(pipeline_ctx)
     app.cleanup_ctx.append(jobs_ctx)
+    app.cleanup_ctx.append(batches_ctx)
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -154,5 +156,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/models/{model:.+}", model_handler)
     add_cache_routes(app)
     add_job_routes(app)
+    add_batch_routes(app, settings)
     app.router.add_route("*", "/v1/{tail:.*}", proxy_handler)
     return app

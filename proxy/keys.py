@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AUTH",
     "BATCHER",
+    "BATCHES",
     "CACHE",
     "DOOR",
     "IDENTITY",
@@ -53,6 +54,9 @@ BATCHER: web.AppKey[Stage | None] = web.AppKey("batcher")
 PIPELINE: web.AppKey[Next] = web.AppKey("pipeline")
 #: The job service (``proxy.jobs``), ``None`` when jobs are off.
 JOBS: web.AppKey[Any] = web.AppKey("jobs")
+
+#: The Batch API emulation (``proxy.batches``), ``None`` in ``batches.mode: passthrough``.
+BATCHES: web.AppKey[Any] = web.AppKey("batches")
 
 #: Per-request: the caller's identity, set by the auth middleware.
 IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity")
