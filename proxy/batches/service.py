@@ -79,7 +79,8 @@ class BatchService:
         now = time.time()
         # The lines' requests keep the client's headers (account headers, user agent), less
         # credentials and the proxy's controls; their body is JSON whatever this one was.
-        kept = {k: v for k, v in forward_headers(headers).items() if k.lower() != "content-type"}
+        kept = {str(k): str(v) for k, v in forward_headers(headers).items()}
+        kept.pop("Content-Type", None)
         kept["Content-Type"] = "application/json"
         batch = Batch(
             id=new_id("batch_"),

@@ -1,0 +1,112 @@
+"""Real proxy processes on one Redis: a proxy killed mid-batch, another resumes it; a large batch
+beside a job; files stored in chunks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from tests.batches.conftest import chat_line, jsonl, read_jsonl, upload, wait_done
+from tests.conftest import KEY_A, Fake, Proxy, ProxyFactory
+from tests.jobs.conftest import CHAT, finished, http, wait_for
+from tests.jobs.test_replicas import ProxyProcess
+from tests.support.redis_server import RedisServer
+
+
+@pytest.fixture
+def processes(tmp_path: Path, fake: Fake, redis_url: str) -> Iterator[Any]:
+    started: list[ProxyProcess] = []
+
+    def start(name: str) -> ProxyProcess:
+        config = {
+            "upstreams": [{"name": "fake", "base_url": fake.url, "models": ["*"]}],
+            "cache": {"enabled": False},
+            "redis": {"url": redis_url},
+            "jobs": {"poll_interval_s": 0.1},
+            "batches": {"lease_s": 2, "poll_interval_s": 0.1, "concurrency": 8},
+        }
+        proc = ProxyProcess(tmp_path, name, config)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def test_a_proxy_killed_mid_batch_is_resumed_and_every_line_reported_once(
+    processes: Any, fake: Fake
+) -> None:
+    fake.state.latency_ms = 50
+    a = processes("a")
+    client = openai.OpenAI(base_url=f"{a.url}/v1", api_key=KEY_A, max_retries=0)
+    lines = [chat_line(f"k{i}", f"line {i}") for i in range(300)]
+    file_id = upload(client, jsonl(lines))
+    batch = client.batches.create(
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    wait_for(lambda: fake.state.calls["/v1/chat/completions"] >= 60, what="lines to run")
+    a.kill()
+    client.close()
+    b = processes("b")
+    client = openai.OpenAI(base_url=f"{b.url}/v1", api_key=KEY_A, max_retries=0)
+    try:
+        mid = client.batches.retrieve(batch.id)
+        assert mid.status == "in_progress" and mid.request_counts is not None
+        assert 0 < mid.request_counts.completed < 300
+        done = wait_done(client, batch.id, timeout_s=60)
+        assert done.status == "completed", done
+        assert done.request_counts is not None
+        assert (done.request_counts.completed, done.request_counts.failed) == (300, 0)
+        out = read_jsonl(client, done.output_file_id)
+        assert read_jsonl(client, done.error_file_id) == []
+        assert sorted(o["custom_id"] for o in out) == sorted(f"k{i}" for i in range(300))
+    finally:
+        client.close()
+    assert fake.state.calls["/v1/chat/completions"] >= 300  # at least once each
+
+
+def test_a_large_batch_does_not_starve_jobs(make_proxy: ProxyFactory, fake: Fake) -> None:
+    proxy: Proxy = make_proxy(
+        {"cache": {"enabled": False}, "batches": {"concurrency": 4, "poll_interval_s": 0.1}}
+    )
+    fake.state.latency_ms = 50
+    client = proxy.client()
+    lines = [chat_line(f"s{i}", f"n {i}") for i in range(2000)]
+    batch = client.batches.create(
+        input_file_id=upload(client, jsonl(lines)),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    wait_for(lambda: fake.state.in_flight >= 4, what="the batch to run")
+    job = http("POST", f"{proxy.url}/v1/jobs", {"endpoint": "/v1/chat/completions", "body": CHAT})
+    assert finished(proxy.url, job.json()["id"], timeout_s=5)["status"] == "completed"
+    # At most `batches.concurrency` lines were in flight beside the job.
+    assert fake.state.max_in_flight <= 5
+    running = client.batches.retrieve(batch.id)
+    assert running.status == "in_progress"
+    client.batches.cancel(batch.id)
+    assert wait_done(client, batch.id).status == "cancelled"
+
+
+def test_files_are_stored_in_chunks_and_stream_back(
+    make_proxy: ProxyFactory, redis_url: str, redis_server: RedisServer
+) -> None:
+    proxy = make_proxy({"redis": {"url": redis_url}})
+    client = proxy.client()
+    line = json.dumps(chat_line("x" * 10, "y" * 1000)).encode() + b"\n"
+    data = line * 3000  # ~3 MB
+    file_id = upload(client, data)
+    assert client.files.content(file_id).content == data
+    redis = redis_server.client()
+    try:
+        key = f"{{llmproxy:batches}}:data:{file_id}"
+        sizes = [len(c) for c in redis.lrange(key, 0, -1)]
+    finally:
+        redis.close()
+    assert len(sizes) > 8 and max(sizes) < 300 * 1024 and sum(sizes) == len(data)
