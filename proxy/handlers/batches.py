@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +22,8 @@ __all__ = ["add_routes"]
 #: refused unread.
 _FRAMING_BYTES = 64 * 1024
 _READ_BYTES = 64 * 1024
+#: What a file name may keep in a ``Content-Disposition`` header (no quotes, no line breaks).
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]")
 
 
 def _json(data: Any, *, status: int = 200) -> web.Response:
@@ -90,7 +93,7 @@ async def upload_file(request: web.Request) -> web.StreamResponse:
             if part.name == "purpose":
                 purpose = (await part.read_chunk(256)).decode("utf-8", "replace").strip()
             elif part.name == "file" and writer is None:
-                filename = part.filename or filename
+                filename = (part.filename or filename)[:255]
                 writer = files.writer()
                 timeout_s = settings.server.body_read_timeout_s
                 async for chunk in _part_chunks(part, timeout_s):
@@ -137,7 +140,7 @@ async def file_content(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(
         headers={
             "Content-Type": "application/octet-stream",
-            "Content-Disposition": f'attachment; filename="{meta.filename}"',
+            "Content-Disposition": f'attachment; filename="{_UNSAFE_NAME.sub("_", meta.filename)}"',
         }
     )
     resp.content_length = meta.bytes

@@ -317,3 +317,13 @@ def test_passthrough_forwards_files_and_batches_to_the_upstream(
     assert fake.state.calls["/v1/files"] == 1
     assert fake.state.calls["/v1/batches"] == 1
     assert fake.state.calls["/v1/batches/batch_x"] == 1
+
+
+def test_a_file_name_cannot_reach_the_download_headers(batch_proxy: MakeProxy) -> None:
+    client = batch_proxy().client()
+    name = "in; x=1.jsonl"
+    file_id = client.files.create(file=(name, b"{}\n"), purpose="batch").id
+    assert client.files.retrieve(file_id).filename == name
+    raw = client.files.with_raw_response.content(file_id)
+    assert raw.headers["content-disposition"] == 'attachment; filename="in_ x_1.jsonl"'
+    assert raw.content == b"{}\n"
