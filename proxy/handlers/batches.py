@@ -106,9 +106,11 @@ async def upload_file(request: web.Request) -> web.StreamResponse:
         meta = await writer.commit(
             tenant=request[IDENTITY].tenant, filename=filename, purpose=purpose
         )
-    except BaseException:
+    except BaseException as exc:
         if writer is not None:
             await asyncio.shield(writer.abort())
+        if isinstance(exc, ValueError):  # aiohttp's word for a malformed multipart body
+            raise InvalidRequest("The multipart body is malformed") from None
         raise
     return _json(meta.public())
 

@@ -327,3 +327,22 @@ def test_a_file_name_cannot_reach_the_download_headers(batch_proxy: MakeProxy) -
     raw = client.files.with_raw_response.content(file_id)
     assert raw.headers["content-disposition"] == 'attachment; filename="in_ x_1.jsonl"'
     assert raw.content == b"{}\n"
+
+
+def test_a_malformed_upload_is_a_400_and_leaves_nothing(batch_proxy: MakeProxy) -> None:
+    import http.client
+
+    proxy = batch_proxy()
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.live.port, timeout=10)
+    body = b"y" * 5000
+    conn.request(
+        "POST",
+        "/v1/files",
+        body,
+        {"Content-Type": "multipart/form-data; boundary=x", "Authorization": "Bearer sk-a"},
+    )
+    resp = conn.getresponse()
+    assert resp.status == 400
+    assert b"invalid_request_error" in resp.read()
+    conn.close()
+    assert proxy.client(api_key="sk-a").files.list().data == []
