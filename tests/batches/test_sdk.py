@@ -346,3 +346,43 @@ def test_a_malformed_upload_is_a_400_and_leaves_nothing(batch_proxy: MakeProxy) 
     assert b"invalid_request_error" in resp.read()
     conn.close()
     assert proxy.client(api_key="sk-a").files.list().data == []
+
+
+def test_a_line_that_meets_a_5xx_is_retried_like_a_job(batch_proxy: MakeProxy, fake: Fake) -> None:
+    from bench.fake_upstream import Scripted
+
+    client = batch_proxy(batches={"concurrency": 1}).client()
+    error = {"error": {"message": "overloaded", "type": "server_error"}}
+    fake.state.script.append(Scripted(503, error, path="/v1/chat/completions"))
+    fake.state.script.append(Scripted(429, error, {"retry-after-ms": "10"}, "/v1/chat/completions"))
+    lines = [chat_line("only", "retry me")]
+    batch = client.batches.create(
+        input_file_id=upload(client, jsonl(lines)),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    done = wait_done(client, batch.id)
+    assert done.status == "completed" and done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (1, 0)
+    assert fake.state.calls["/v1/chat/completions"] == 3
+    (out,) = read_jsonl(client, done.output_file_id)
+    assert out["custom_id"] == "only" and out["response"]["status_code"] == 200
+
+
+def test_retries_run_out_into_the_error_file(batch_proxy: MakeProxy, fake: Fake) -> None:
+    from bench.fake_upstream import Scripted
+
+    client = batch_proxy(jobs={"max_attempts": 2, "backoff_base_s": 0.01}).client()
+    error = {"error": {"message": "down", "type": "server_error"}}
+    for _ in range(2):
+        fake.state.script.append(Scripted(500, error, path="/v1/chat/completions"))
+    batch = client.batches.create(
+        input_file_id=upload(client, jsonl([chat_line("z", "fails")])),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    done = wait_done(client, batch.id)
+    assert done.status == "completed" and done.output_file_id is None
+    (err,) = read_jsonl(client, done.error_file_id)
+    assert err["custom_id"] == "z" and err["response"]["status_code"] == 500
+    assert fake.state.calls["/v1/chat/completions"] == 2
