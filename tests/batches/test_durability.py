@@ -22,13 +22,13 @@ from tests.support.redis_server import RedisServer
 def processes(tmp_path: Path, fake: Fake, redis_url: str) -> Iterator[Any]:
     started: list[ProxyProcess] = []
 
-    def start(name: str) -> ProxyProcess:
+    def start(name: str, lease_s: float = 2) -> ProxyProcess:
         config = {
             "upstreams": [{"name": "fake", "base_url": fake.url, "models": ["*"]}],
             "cache": {"enabled": False},
             "redis": {"url": redis_url},
             "jobs": {"poll_interval_s": 0.1},
-            "batches": {"lease_s": 2, "poll_interval_s": 0.1, "concurrency": 8},
+            "batches": {"lease_s": lease_s, "poll_interval_s": 0.1, "concurrency": 8},
         }
         proc = ProxyProcess(tmp_path, name, config)
         started.append(proc)
@@ -69,6 +69,32 @@ def test_a_proxy_killed_mid_batch_is_resumed_and_every_line_reported_once(
     finally:
         client.close()
     assert fake.state.calls["/v1/chat/completions"] >= 300  # at least once each
+
+
+def test_a_stopped_proxy_hands_its_batch_back_at_once(processes: Any, fake: Fake) -> None:
+    fake.state.latency_ms = 50
+    a = processes("a", lease_s=60)
+    client = openai.OpenAI(base_url=f"{a.url}/v1", api_key=KEY_A, max_retries=0)
+    lines = [chat_line(f"t{i}", f"line {i}") for i in range(200)]
+    batch = client.batches.create(
+        input_file_id=upload(client, jsonl(lines)),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    wait_for(lambda: fake.state.calls["/v1/chat/completions"] >= 20, what="lines to run")
+    a.stop()  # SIGTERM
+    client.close()
+    b = processes("b", lease_s=60)
+    client = openai.OpenAI(base_url=f"{b.url}/v1", api_key=KEY_A, max_retries=0)
+    try:
+        # Well within the 60 s lease: the batch was released, not left to time out.
+        done = wait_done(client, batch.id, timeout_s=30)
+        assert done.status == "completed" and done.request_counts is not None
+        assert done.request_counts.completed == 200
+        out = read_jsonl(client, done.output_file_id)
+        assert sorted(o["custom_id"] for o in out) == sorted(f"t{i}" for i in range(200))
+    finally:
+        client.close()
 
 
 def test_a_large_batch_does_not_starve_jobs(make_proxy: ProxyFactory, fake: Fake) -> None:
