@@ -136,3 +136,65 @@ def test_files_are_stored_in_chunks_and_stream_back(
     finally:
         redis.close()
     assert len(sizes) > 8 and max(sizes) < 300 * 1024 and sum(sizes) == len(data)
+
+
+def test_output_files_are_rewritten_whole_after_a_death_while_writing_them(
+    make_proxy: ProxyFactory, redis_url: str
+) -> None:
+    """A replica died while writing the output file (half of it in Redis, not committed): the
+    replica that takes over writes it again from the start, each line once."""
+    import asyncio
+    import time
+
+    from redis.asyncio import Redis
+
+    from proxy.auth import Authenticator
+    from proxy.batches.models import Batch, new_id
+    from proxy.batches.redis import RedisBatchStore, RedisFileStore
+    from proxy.config import AuthSettings
+
+    proxy = make_proxy({"redis": {"url": redis_url}, "batches": {"lease_s": 1}})
+    client = proxy.client()
+    lines = [chat_line(f"w{i}", f"n {i}") for i in range(3)]
+    file_id = upload(client, jsonl(lines))
+    tenant = Authenticator(AuthSettings()).identify({"Authorization": f"Bearer {KEY_A}"}).tenant
+    out_id, err_id = new_id("file-"), new_id("file-")
+
+    async def died_while_finalizing() -> str:
+        redis = Redis.from_url(redis_url)
+        store = RedisBatchStore(redis, prefix="llmproxy", op_timeout_s=2)
+        files = RedisFileStore(redis, prefix="llmproxy", op_timeout_s=2)
+        now = time.time()
+        batch = Batch(
+            id=new_id("batch_"),
+            tenant=tenant,
+            endpoint="/v1/chat/completions",
+            input_file_id=file_id,
+            created_at=now,
+            expires_at=now + 3600,
+            status="in_progress",
+            phase="run",
+            total=3,
+        )
+        # Held by a replica that is about to die (its lease ends in 0.5 s).
+        await redis.hset(store.keys.batch(batch.id), mapping=batch.to_fields())  # type: ignore[arg-type]
+        await redis.zadd(store.keys.active, {batch.id: now + 0.5})
+        await redis.zadd(store.keys.batches_of(tenant), {batch.id: now})
+        await redis.hset(store.keys.batch(batch.id), "token", "dead:1")
+        for i in range(3):
+            line = b'{"custom_id":"w%d","response":{"status_code":200},"error":null}' % i
+            await store.record(batch.id, "dead:1", i + 1, ok=True, line=line, tokens=(1, 1))
+        changes = {"phase": "finalize", "final": "completed", "status": "finalizing",
+                   "output_file_id": out_id, "error_file_id": err_id}  # fmt: skip
+        assert await store.update(batch.id, "dead:1", changes)
+        await files.append(out_id, b'{"custom_id":"w0","half":true}\n', ttl_s=60)
+        await redis.aclose()
+        return batch.id
+
+    batch_id = asyncio.run(died_while_finalizing())
+    done = wait_done(client, batch_id)
+    assert done.status == "completed" and done.output_file_id == out_id
+    out = read_jsonl(client, out_id)
+    assert [o["custom_id"] for o in out] == ["w0", "w1", "w2"]
+    assert all("half" not in o for o in out)
+    assert done.error_file_id is None
