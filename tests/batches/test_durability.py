@@ -51,14 +51,14 @@ def test_a_proxy_killed_mid_batch_is_resumed_and_every_line_reported_once(
         input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
     )
     wait_for(lambda: fake.state.calls["/v1/chat/completions"] >= 60, what="lines to run")
+    mid = client.batches.retrieve(batch.id)
     a.kill()
     client.close()
+    assert mid.status == "in_progress" and mid.request_counts is not None
+    assert 0 < mid.request_counts.completed < 300
     b = processes("b")
     client = openai.OpenAI(base_url=f"{b.url}/v1", api_key=KEY_A, max_retries=0)
     try:
-        mid = client.batches.retrieve(batch.id)
-        assert mid.status == "in_progress" and mid.request_counts is not None
-        assert 0 < mid.request_counts.completed < 300
         done = wait_done(client, batch.id, timeout_s=60)
         assert done.status == "completed", done
         assert done.request_counts is not None
