@@ -5,7 +5,7 @@ Nothing here holds more than one chunk and one line of a file.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +13,7 @@ import orjson
 
 from .store import FileStore
 
-__all__ = ["LineError", "Request", "chunks_of", "parse_request", "read_lines"]
+__all__ = ["LineError", "Request", "blank", "chunks_of", "parse_request", "read_lines"]
 
 
 async def chunks_of(files: FileStore, file_id: str) -> AsyncIterator[bytes]:
@@ -111,7 +111,5 @@ def parse_request(raw: bytes | None, *, endpoint: str) -> Request:
 
 
 def blank(raw: bytes | None) -> bool:
+    """A line of whitespace only: not a request, skipped (an extra newline at the end is common)."""
     return raw is not None and not raw.strip()
-
-
-Check = Callable[[Request], None]
