@@ -97,6 +97,8 @@ _JOBS_REDIS: Mapping[str, Any] = {
     "jobs": {"store": "redis", "concurrency": 64, "poll_interval_s": 0.05},
 }
 WALL = Metric("elapsed_s", "wall time (s)", "ratio")
+# The Batch API (issue 10): driven by bench.batch_load.
+_JOBS_DRIVERS["batch-embeddings"] = "bench.batch_load"
 DRAIN_RATIO = Metric("drain_ratio", "jobs / sync via proxy, wall time", "ratio")
 
 SCENARIOS: dict[str, Scenario] = {
@@ -118,6 +120,17 @@ SCENARIOS: dict[str, Scenario] = {
         metrics=(WALL, DRAIN_RATIO),
         proxy_config=_JOBS_REDIS,
         redis=True,
+    ),
+    "batch-embeddings": Scenario(
+        "10,000 embeddings: one batch via the proxy vs one request per call (direct), "
+        "upstream 20 ms + 0.2 ms/input, 4 calls at once",
+        load="batch-embeddings",
+        concurrency=4,
+        count=10_000,
+        warmup=0,
+        upstream_args=("--latency-ms", "20", "--per-input-ms", "0.2", "--max-concurrency", "4"),
+        metrics=(WALL, UPSTREAM_CALLS),
+        proxy_config={"batches": {"poll_interval_s": 0.05}},
     ),
     "passthrough-latency": Scenario(
         "chat, non-stream, one request at a time: latency the proxy adds",

@@ -9,6 +9,7 @@ import aiohttp
 from aiohttp import web
 
 from .auth import Authenticator
+from .batches import add_batch_routes, batches_ctx
 from .cache import add_cache_routes, cache_ctx
 from .call import Call, Next, Reply
 from .coalesce import coalesce_ctx
@@ -160,6 +161,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(responses_ctx)
     app.cleanup_ctx.append(pipeline_ctx)
     app.cleanup_ctx.append(jobs_ctx)
+    app.cleanup_ctx.append(batches_ctx)
     app.cleanup_ctx.append(readiness_ctx)  # last: ready once everything else has started
 
     app.router.add_get("/healthz", healthz)
@@ -171,6 +173,7 @@ def create_app(settings: Settings) -> web.Application:
     add_job_routes(app)
     add_response_routes(app)
     add_observe_routes(app)
+    add_batch_routes(app, settings)
     app.router.add_route("*", "/v1/{tail:.*}", proxy_handler)
     answer_expect_in_openai_shape(app)
     return app

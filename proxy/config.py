@@ -20,9 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 __all__ = [
     "AuthKey",
     "AuthSettings",
+    "BatchesSettings",
     "BatchingSettings",
     "CacheSettings",
     "ConfigError",
+    "FilesSettings",
     "JobsSettings",
     "LimitsSettings",
     "RedisSettings",
@@ -272,6 +274,33 @@ class LimitsSettings(_Section):
     max_inputs: int = Field(2048, ge=1)
 
 
+class FilesSettings(_Section):
+    """``/v1/files`` of the Batch API emulation (``batches.mode: emulate``)."""
+
+    #: Larger uploads get 413 (OpenAI allows 200 MB).
+    max_bytes: int = Field(200 * 1024 * 1024, gt=0)
+    #: Files (inputs and a batch's output/error files) are deleted this long after creation.
+    ttl_s: float = Field(30 * 86400.0, gt=0)
+
+
+class BatchesSettings(_Section):
+    """``/v1/batches``: emulated on top of the job machinery, or passed to the default upstream."""
+
+    mode: Literal["emulate", "passthrough"] = "emulate"
+    #: Requests per input file; more gets 400 at ``batches.create`` (OpenAI allows 50,000).
+    max_lines: int = Field(50_000, ge=1)
+    #: The length of the ``24h`` completion window (shorter only for tests and demos).
+    completion_window_s: float = Field(86400.0, gt=0)
+    #: Lines of batches in flight at once per replica (bounded admission: jobs keep their own
+    #: ``jobs.concurrency`` workers, so a large batch cannot starve them).
+    concurrency: int = Field(128, ge=1)
+    #: Batches one replica runs at once (they share ``concurrency``).
+    max_running: int = Field(4, ge=1)
+    #: A dead replica's batch is taken over by another after this.
+    lease_s: float = Field(30.0, gt=0)
+    poll_interval_s: float = Field(1.0, gt=0)
+
+
 class Settings(_Section):
     server: ServerSettings = ServerSettings()
     upstreams: tuple[UpstreamSettings, ...] = (
@@ -285,6 +314,8 @@ class Settings(_Section):
     batching: BatchingSettings = BatchingSettings()
     jobs: JobsSettings = JobsSettings()
     limits: LimitsSettings = LimitsSettings()
+    files: FilesSettings = FilesSettings()
+    batches: BatchesSettings = BatchesSettings()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AUTH",
     "BATCHER",
+    "BATCHES",
     "CACHE",
     "DOOR",
     "IDENTITY",
@@ -62,6 +63,9 @@ PIPELINE: web.AppKey[Next] = web.AppKey("pipeline")
 ORIGINS: web.AppKey[OriginStage] = web.AppKey("origins")
 #: The job service (``proxy.jobs``), ``None`` when jobs are off.
 JOBS: web.AppKey[Any] = web.AppKey("jobs")
+
+#: The Batch API emulation (``proxy.batches``), ``None`` in ``batches.mode: passthrough``.
+BATCHES: web.AppKey[Any] = web.AppKey("batches")
 
 #: Per-request: the caller's identity, set by the auth middleware.
 IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity")

@@ -192,7 +192,13 @@ def test_paths_that_climb_out_of_v1_are_refused(proxy: Proxy, fake: Fake) -> Non
     assert sum(fake.state.calls.values()) == 0
 
 
-def test_query_and_encoded_path_pass_byte_for_byte(proxy: Proxy, fake: Fake) -> None:
+#: /v1/files and /v1/batches are emulated by default (docs/batches.md); these tests are about the
+#: pass-through door, so they pass those routes through.
+PASS_BATCHES = {"cache": {"enabled": False}, "batches": {"mode": "passthrough"}}
+
+
+def test_query_and_encoded_path_pass_byte_for_byte(make_proxy: ProxyFactory, fake: Fake) -> None:
+    proxy = make_proxy(PASS_BATCHES)
     raw = http.get(f"{proxy.base_url}/files/file-a%20b?after=x%23y&q=%2541")
     assert raw.status == 200
     seen = fake.state.requests[-1]
@@ -200,7 +206,8 @@ def test_query_and_encoded_path_pass_byte_for_byte(proxy: Proxy, fake: Fake) -> 
     assert raw.json()["path"] == "/v1/files/file-a b"
 
 
-def test_empty_json_post_is_forwarded_not_refused(proxy: Proxy, fake: Fake) -> None:
+def test_empty_json_post_is_forwarded_not_refused(make_proxy: ProxyFactory, fake: Fake) -> None:
+    proxy = make_proxy(PASS_BATCHES)
     # The SDK's cancel calls send Content-Type: application/json with no body.
     raw = http.post(
         f"{proxy.base_url}/batches/batch_1/cancel", b"", {"Content-Type": "application/json"}
@@ -211,7 +218,7 @@ def test_empty_json_post_is_forwarded_not_refused(proxy: Proxy, fake: Fake) -> N
 
 
 def test_chunked_upload_over_the_limit_is_413(make_proxy: ProxyFactory, fake: Fake) -> None:
-    proxy = make_proxy({"server": {"max_body_bytes": 10_000}})
+    proxy = make_proxy({**PASS_BATCHES, "server": {"max_body_bytes": 10_000}})
     conn = http_client_to(proxy)
     conn.putrequest("POST", "/v1/files")
     conn.putheader("Content-Type", "multipart/form-data; boundary=x")
