@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from functools import partial
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -14,7 +17,7 @@ from .auth import Authenticator
 from .cache import add_cache_routes, cache_ctx
 from .call import Call, Next, Reply
 from .coalesce import coalesce_ctx
-from .config import Settings
+from .config import Settings, UpstreamSettings
 from .handlers.health import healthz, metrics_handler, readyz
 from .handlers.models import model_handler, models_ctx, models_handler
 from .handlers.proxy import ProxyDoor, proxy_handler
@@ -24,17 +27,19 @@ from .keys import (
     BATCHER,
     CACHE,
     DOOR,
+    DRAINING,
     METRICS,
     PIPELINE,
     READINESS,
     REDIS,
+    RESOURCES,
     ROUTER,
     SETTINGS,
     SINGLEFLIGHT,
 )
-from .metrics import Metrics
 from .middlewares import auth_middleware, error_middleware
 from .redis_client import open_redis
+from .resources import Shared
 from .upstream import Router, Upstream
 
 __all__ = ["create_app"]
@@ -57,56 +62,69 @@ async def upstream_stage(call: Call) -> Reply:
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    url = app[SETTINGS].redis.url
-    if not url:
+    settings = app[SETTINGS].redis
+    if not settings.url:
         app[REDIS] = None
         yield
         return
-    client = open_redis(
-        app[SETTINGS].redis,
-        max_connections=REDIS_MAX_CONNECTIONS,
-        pool_timeout_s=REDIS_POOL_TIMEOUT_S,
-        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
-    )
-    app[REDIS] = client
 
-    async def check() -> str | None:
-        try:
-            async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
-                await client.ping()
-        except (TimeoutError, RedisError, OSError) as exc:
-            return f"redis unreachable: {type(exc).__name__}"
-        return None
+    def open_client() -> Any:
+        return open_redis(
+            settings,
+            max_connections=REDIS_MAX_CONNECTIONS,
+            pool_timeout_s=REDIS_POOL_TIMEOUT_S,
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        )
 
-    app[READINESS]["redis"] = check
-    try:
-        yield
-    finally:
+    async def close_client(client: Any) -> None:
         await client.aclose()
+
+    # A reload with the same redis settings keeps the client (and its open connections).
+    key = ("redis", settings.model_dump_json())
+    async with app[RESOURCES].use(key, open_client, close_client) as client:
+        app[REDIS] = client
+
+        async def check() -> str | None:
+            try:
+                async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
+                    await client.ping()
+            except (TimeoutError, RedisError, OSError) as exc:
+                return f"redis unreachable: {type(exc).__name__}"
+            return None
+
+        app[READINESS]["redis"] = check
+        yield
+
+
+def _open_session(up: UpstreamSettings) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=up.max_connections, limit_per_host=up.max_connections, ttl_dns_cache=300
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        skip_auto_headers=("User-Agent",),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+
+
+async def _close_session(session: aiohttp.ClientSession) -> None:
+    await session.close()
 
 
 async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
-    """One pooled keep-alive session per upstream, for the life of the app."""
+    """One pooled keep-alive session per upstream, for the life of the app (and across a
+    reload that leaves the upstream's address and pool size as they were)."""
     settings = app[SETTINGS]
-    sessions: list[aiohttp.ClientSession] = []
     upstreams = []
-    for up in settings.upstreams:
-        connector = aiohttp.TCPConnector(
-            limit=up.max_connections, limit_per_host=up.max_connections, ttl_dns_cache=300
-        )
-        session = aiohttp.ClientSession(
-            connector=connector,
-            skip_auto_headers=("User-Agent",),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        sessions.append(session)
-        upstreams.append(Upstream(up, session, errors=app[METRICS].upstream_errors))
-    app[ROUTER] = Router(settings, upstreams)
-    try:
+    async with AsyncExitStack() as stack:
+        for up in settings.upstreams:
+            key = ("upstream", up.name, up.base_url, up.max_connections)
+            session = await stack.enter_async_context(
+                app[RESOURCES].use(key, partial(_open_session, up), _close_session)
+            )
+            upstreams.append(Upstream(up, session, errors=app[METRICS].upstream_errors))
+        app[ROUTER] = Router(settings, upstreams)
         yield
-    finally:
-        for session in sessions:
-            await session.close()
 
 
 async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -127,8 +145,13 @@ async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
-def create_app(settings: Settings) -> web.Application:
-    """Build the proxy application; every resource opens in a cleanup context."""
+def create_app(settings: Settings, *, shared: Shared | None = None) -> web.Application:
+    """Build the proxy application; every resource opens in a cleanup context.
+
+    ``shared``: what this app has in common with the other apps of the process (a live reload
+    builds a new app beside the old one); by default its own.
+    """
+    shared = Shared() if shared is None else shared
     auth = Authenticator(settings.auth)
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
@@ -136,7 +159,9 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[AUTH] = auth
-    app[METRICS] = Metrics()
+    app[METRICS] = shared.metrics
+    app[RESOURCES] = shared.resources
+    app[DRAINING] = shared.draining
     app[READINESS] = {}
     # Order matters: each context may use what the ones before it opened.
     app.cleanup_ctx.append(redis_ctx)

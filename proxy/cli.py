@@ -1,4 +1,5 @@
-"""Command line: ``llm-proxy [--config PATH] [--host H] [--port P]`` and ``check-config PATH``."""
+"""Command line: ``llm-proxy [--config PATH] [--host H] [--port P] [--workers N]`` and
+``check-config PATH``."""
 
 from __future__ import annotations
 
@@ -7,15 +8,21 @@ import asyncio
 import ipaddress
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 from aiohttp import web
 from aiohttp.log import access_logger
 
-from .app import create_app
+from . import supervisor
 from .config import ConfigError, Settings, load_config, masked_dump
+from .metrics import Metrics
+from .resources import Shared
+from .runtime import Runtime
+from .supervisor import METRICS_DIR_ENV, STOP_SIGNALS
 
 try:
     import uvloop
@@ -40,22 +47,48 @@ async def serve(
     port: int,
     shutdown_timeout_s: float,
     access_log: bool = False,
+    reuse_port: bool = False,
+    draining: asyncio.Event | None = None,
+    on_reload: Callable[[], None] | None = None,
 ) -> None:
-    """Run ``app`` until SIGINT/SIGTERM; a client that goes away cancels its handler."""
+    """Run ``app`` until SIGINT/SIGTERM; a client that goes away cancels its handler.
+
+    On SIGINT/SIGTERM: ``draining`` is set (``/readyz`` answers 503), the listening socket
+    closes at once, requests and streams in flight get ``shutdown_timeout_s`` to finish, then
+    the app's cleanup runs (running jobs go back to the queue). SIGHUP calls ``on_reload``.
+    """
+    loop = asyncio.get_running_loop()
+    if sys.version_info >= (3, 12):
+        # A task that can finish without waiting (a cache hit, a flight's leader) runs at once
+        # instead of through the loop: less per-request cost.
+        loop.set_task_factory(asyncio.eager_task_factory)
+    # Before anything else: a signal during the start must still stop (or reload) cleanly.
+    stop = asyncio.Event()
+
+    def begin_stop(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            log.info(
+                "%s: draining, up to %g s for requests in flight", sig.name, shutdown_timeout_s
+            )
+        if draining is not None:
+            draining.set()
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, begin_stop, sig)
+    if on_reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, on_reload)
+    # A supervisor starts its workers with these blocked (see supervisor._block_stop_signals).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     runner = web.AppRunner(
         app,
         handler_cancellation=True,
         access_log=access_logger if access_log else None,
         shutdown_timeout=shutdown_timeout_s,
     )
-    await runner.setup()
     try:
-        # Before listening: a SIGTERM right after the start line must still stop cleanly.
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        site = web.TCPSite(runner, host, port, backlog=2048)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, backlog=2048, reuse_port=reuse_port or None)
         try:
             await site.start()
         except OSError as exc:
@@ -66,6 +99,8 @@ async def serve(
         log.info("shutting down")
     finally:
         await runner.cleanup()
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
 
 
 def _is_loopback(host: str) -> bool:
@@ -90,51 +125,112 @@ def _warn_open_relay(settings: Settings, host: str) -> None:
         )
 
 
-def _run(settings: Settings, host: str, port: int) -> None:
-    app = create_app(settings)
+def _run(
+    settings: Settings,
+    host: str,
+    port: int,
+    *,
+    config_path: str | None,
+    reuse_port: bool = False,
+    metrics_dir: str | None = None,
+) -> None:
+    shared = Shared(metrics=Metrics(multiprocess_dir=metrics_dir))
+    runtime = Runtime(settings, config_path=config_path, shared=shared)
     server = settings.server
     coro = serve(
-        app,
+        runtime.shell(),
         host=host,
         port=port,
         shutdown_timeout_s=server.shutdown_timeout_s,
         access_log=server.access_log,
+        reuse_port=reuse_port,
+        draining=shared.draining,
+        on_reload=runtime.reload,
     )
     with asyncio.Runner(loop_factory=_LOOP_FACTORY) as runner:
         runner.run(coro)
+
+
+def _workers(value: str) -> int | Literal["auto"]:
+    if value == "auto":
+        return "auto"
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of at least 1 or 'auto', got {value!r}"
+        )
+    return count
+
+
+def _check_config(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="llm-proxy check-config")
+    parser.add_argument("path")
+    ns = parser.parse_args(args)
+    try:
+        settings = load_config(ns.path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(json.dumps(masked_dump(settings), indent=2))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args[:1] == ["check-config"]:
-        parser = argparse.ArgumentParser(prog="llm-proxy check-config")
-        parser.add_argument("path")
-        ns = parser.parse_args(args[1:])
-        try:
-            settings = load_config(ns.path)
-        except ConfigError as exc:
-            print(exc, file=sys.stderr)
-            return 2
-        print(json.dumps(masked_dump(settings), indent=2))
-        return 0
+        return _check_config(args[1:])
     parser = argparse.ArgumentParser(
         prog="llm-proxy", description="Reverse proxy for OpenAI-compatible APIs."
     )
     parser.add_argument("--config", help="YAML config file (default: $LLM_PROXY_CONFIG)")
     parser.add_argument("--host", help="listen address (default: server.host)")
     parser.add_argument("--port", type=int, help="listen port (default: server.port, 8080)")
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        help="worker processes on the port, or 'auto' for one per CPU (default: server.workers)",
+    )
+    # Internal: this process is one of a supervisor's workers.
+    parser.add_argument("--worker-of-supervisor", action="store_true", help=argparse.SUPPRESS)
     ns = parser.parse_args(args)
     try:
         settings = load_config(ns.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if ns.workers is not None:
+        settings = settings.model_copy(
+            update={"server": settings.server.model_copy(update={"workers": ns.workers})}
+        )
     host = ns.host if ns.host is not None else settings.server.host
     port = ns.port if ns.port is not None else settings.server.port
+    if ns.worker_of_supervisor:
+        return _serve_or_2(
+            settings,
+            host,
+            port,
+            config_path=ns.config,
+            reuse_port=True,
+            metrics_dir=os.environ.get(METRICS_DIR_ENV),
+        )
     _warn_open_relay(settings, host)
+    count = settings.server.worker_count
+    if count > 1:
+        problem = supervisor.refusal(settings, count)
+        if problem is not None:
+            print(f"llm-proxy: {problem}", file=sys.stderr)
+            return 2
+        return supervisor.run(settings, host=host, port=port, count=count, config_path=ns.config)
+    return _serve_or_2(settings, host, port, config_path=ns.config)
+
+
+def _serve_or_2(settings: Settings, host: str, port: int, **kwargs: Any) -> int:
     try:
-        _run(settings, host, port)
+        _run(settings, host, port, **kwargs)
     except ListenError as exc:
         print(f"llm-proxy: {exc}", file=sys.stderr)
         return 2

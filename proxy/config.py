@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -65,6 +65,19 @@ class ServerSettings(_Section):
     #: Seconds to finish in-flight requests on shutdown.
     shutdown_timeout_s: float = Field(10.0, ge=0)
     access_log: bool = False
+    #: Worker processes on one port; ``auto``: one per CPU this process may run on.
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
+
+    @property
+    def worker_count(self) -> int:
+        """``workers`` as a number (``auto`` resolved against this process's CPU affinity)."""
+        if self.workers == "auto":
+            return (
+                len(os.sched_getaffinity(0))
+                if hasattr(os, "sched_getaffinity")
+                else os.cpu_count() or 1
+            )
+        return self.workers
 
 
 class UpstreamSettings(_Section):

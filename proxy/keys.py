@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
     from .handlers.models import ModelList
     from .handlers.proxy import ProxyDoor
     from .metrics import Metrics
+    from .resources import Resources
     from .upstream import Router
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "BATCHER",
     "CACHE",
     "DOOR",
+    "DRAINING",
     "IDENTITY",
     "JOBS",
     "METRICS",
@@ -27,6 +30,7 @@ __all__ = [
     "PIPELINE",
     "READINESS",
     "REDIS",
+    "RESOURCES",
     "ROUTER",
     "SETTINGS",
     "SINGLEFLIGHT",
@@ -53,6 +57,11 @@ BATCHER: web.AppKey[Stage | None] = web.AppKey("batcher")
 PIPELINE: web.AppKey[Next] = web.AppKey("pipeline")
 #: The job service (``proxy.jobs``), ``None`` when jobs are off.
 JOBS: web.AppKey[Any] = web.AppKey("jobs")
+
+#: Set when a graceful stop begins (SIGTERM/SIGINT): ``/readyz`` answers 503 from then on.
+DRAINING: web.AppKey[asyncio.Event] = web.AppKey("draining")
+#: Resources that a live reload hands from the old app to the new one (``proxy.resources``).
+RESOURCES: web.AppKey[Resources] = web.AppKey("resources")
 
 #: Per-request: the caller's identity, set by the auth middleware.
 IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity")

@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from ..keys import METRICS, READINESS
+from ..keys import DRAINING, METRICS, READINESS
 
 __all__ = ["healthz", "metrics_handler", "readyz"]
 
@@ -16,6 +16,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    if request.app[DRAINING].is_set():  # stopping: a load balancer sends nothing new here
+        return web.json_response(
+            {"status": "draining", "problems": {"server": "shutting down"}}, status=503
+        )
     checks = request.app[READINESS]
     names = list(checks)
     results = await asyncio.gather(*(checks[n]() for n in names))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -16,8 +17,9 @@ from aiohttp import web
 
 from ..config import Settings
 from ..handlers import jobs as handlers
-from ..keys import DOOR, JOBS, METRICS, PIPELINE, SETTINGS
+from ..keys import DOOR, JOBS, METRICS, PIPELINE, RESOURCES, SETTINGS
 from ..redis_client import open_redis
+from ..resources import Resources
 from .limits import MemoryBuckets, RateLimiter, RedisBuckets, bucket_limits
 from .memory import MemoryJobStore
 from .redis import RedisJobStore
@@ -44,7 +46,15 @@ def _redis(settings: Settings) -> Any:
     )
 
 
-def _store(redis: Any, settings: Settings) -> tuple[JobStore, RateLimiter]:
+def _memory_store(result_ttl_s: float) -> MemoryJobStore:
+    log.warning(
+        "jobs use the in-memory store: queued jobs and results do not survive a restart "
+        "(set redis.url to keep them)"
+    )
+    return MemoryJobStore(result_ttl_s=result_ttl_s)
+
+
+def _store(redis: Any, settings: Settings, resources: Resources) -> tuple[JobStore, RateLimiter]:
     jobs = settings.jobs
     limits = bucket_limits(jobs.rate_limit)
     if redis is not None:
@@ -55,11 +65,8 @@ def _store(redis: Any, settings: Settings) -> tuple[JobStore, RateLimiter]:
             op_timeout_s=jobs.store_timeout_s,
         )
         return store, RateLimiter(RedisBuckets(redis, store.keys, limits), limits)
-    log.warning(
-        "jobs use the in-memory store: queued jobs and results do not survive a restart "
-        "(set redis.url to keep them)"
-    )
-    memory = MemoryJobStore(result_ttl_s=jobs.result_ttl_s)
+    # The only copy of its jobs: the process keeps it, and a live reload's new app takes it over.
+    memory = resources.keep("jobs-memory-store", partial(_memory_store, jobs.result_ttl_s))
     return memory, RateLimiter(MemoryBuckets(limits), limits)
 
 
@@ -71,7 +78,7 @@ async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     redis = _redis(settings) if settings.jobs_on_redis else None
-    store, limiter = _store(redis, settings)
+    store, limiter = _store(redis, settings, app[RESOURCES])
     session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
     webhooks = None
     if settings.jobs.webhook_secret is not None:

@@ -1,0 +1,95 @@
+"""SIGTERM/SIGINT: stop accepting at once, let requests and streams in flight finish, exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from proxy.keys import DRAINING
+from tests.conftest import Fake, Proxy
+from tests.runtime.conftest import Start
+from tests.runtime.procs import refuses_connections, wait_until, write_config
+from tests.support import http as raw
+from tests.support.redis_server import free_port
+
+
+class Stream:
+    """A streamed chat completion read in a thread: its status, then every byte to the end."""
+
+    def __init__(self, port: int, text: str) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        body = {
+            "model": "gpt-4o",
+            "stream": True,
+            "messages": [{"role": "user", "content": text}],
+        }
+        self.conn.request(
+            "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"}
+        )
+        self.response = self.conn.getresponse()  # the headers: the stream has begun
+        self.body = b""
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            self.body = self.response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.error = exc
+        finally:
+            self.conn.close()
+
+    def result(self) -> bytes:
+        self.thread.join(60)
+        assert self.error is None, self.error
+        return self.body
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stop_lets_streams_in_flight_finish(
+    sig: signal.Signals, tmp_path: Path, fake: Fake, start_proxy: Start
+) -> None:
+    gate = asyncio.Event()
+    fake.state.stream_gate = gate  # each stream holds after its first event until the gate opens
+    port = free_port()
+    config = write_config(
+        tmp_path / "c.yaml",
+        {
+            "server": {"host": "127.0.0.1", "port": port, "shutdown_timeout_s": 30},
+            "upstreams": [{"name": "fake", "base_url": fake.url}],
+            "cache": {"enabled": False},
+        },
+    )
+    proc = start_proxy("--config", str(config))
+    proc.wait_ready(port)
+    streams = [Stream(port, f"stream {i}") for i in range(3)]
+    assert all(s.response.status == 200 for s in streams)
+
+    proc.signal(sig)
+    proc.wait_log("draining")
+    # The listening socket is closed at once, while the streams are still held upstream.
+    wait_until(lambda: refuses_connections(port), "the port to refuse connections")
+    assert proc.proc.poll() is None
+    assert not any(s.body for s in streams)
+
+    fake.live.bg.call(gate.set)
+    for stream in streams:
+        body = stream.result()
+        assert body.rstrip().endswith(b"data: [DONE]"), body[-200:]
+    assert proc.wait_exit() == 0, proc.log()
+    assert fake.state.completed_streams == 3 and fake.state.cancelled_streams == 0
+
+
+def test_readyz_answers_503_once_draining(proxy: Proxy) -> None:
+    assert raw.get(f"{proxy.url}/readyz").status == 200
+    proxy.live.bg.call(proxy.app[DRAINING].set)
+    answer = raw.get(f"{proxy.url}/readyz")
+    assert answer.status == 503 and answer.json()["status"] == "draining"
+    assert raw.get(f"{proxy.url}/healthz").status == 200  # alive all the same
