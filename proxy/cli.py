@@ -180,7 +180,11 @@ def _check_config(args: list[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # A supervisor's workers share its stderr: their lines say which process wrote them.
+    who = " [%(process)d]" if "--worker-of-supervisor" in args else ""
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s %(levelname)s %(name)s{who} %(message)s"
+    )
     if args[:1] == ["check-config"]:
         return _check_config(args[1:])
     parser = argparse.ArgumentParser(

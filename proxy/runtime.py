@@ -117,6 +117,10 @@ class Runtime:
         if self._reloading is not None:
             await asyncio.shield(self._reloading)
 
+    async def retired(self) -> None:
+        """Until every old generation has been closed."""
+        await asyncio.gather(*self._retiring)
+
     async def _reload_loop(self) -> None:
         while True:
             self._reload_again = False
@@ -154,12 +158,15 @@ class Runtime:
 
     async def _open(self, settings: Settings) -> Generation:
         app = create_app(settings, shared=self.shared)
-        app.freeze()
+        # As aiohttp's AppRunner does: start (the cleanup contexts fill the app's state), then
+        # freeze (the router and middlewares are fixed, the app can handle requests).
+        app.on_startup.freeze()
         try:
             await app.startup()
         except BaseException:
             await app.cleanup()  # closes whatever did open
             raise
+        app.freeze()
         return Generation(app, settings)
 
     async def _retire(self, gen: Generation) -> None:

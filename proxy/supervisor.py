@@ -110,7 +110,12 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        log.info("supervisor (pid %d) starting %d workers", os.getpid(), self.count)
+        log.info(
+            "supervisor (pid %d) starting %d workers; their metrics are kept in %s",
+            os.getpid(),
+            self.count,
+            self.metrics_dir,
+        )
         slots = [asyncio.create_task(self._keep(slot)) for slot in range(self.count)]
         try:
             await self.stopping.wait()
@@ -124,7 +129,9 @@ class Supervisor:
             for task in slots:
                 task.cancel()
             await asyncio.gather(*slots, return_exceptions=True)
-        clean = not self.failed and all(code == 0 for code in results)
+        if self.failed:
+            return EXIT_UNUSABLE
+        clean = all(code == 0 for code in results)
         log.info("supervisor: every worker stopped%s", "" if clean else " (not all cleanly)")
         return 0 if clean else 1
 

@@ -22,16 +22,17 @@ from tests.support.redis_server import free_port
 class Stream:
     """A streamed chat completion read in a thread: its status, then every byte to the end."""
 
-    def __init__(self, port: int, text: str) -> None:
+    def __init__(self, port: int, text: str, key: str | None = None) -> None:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         body = {
             "model": "gpt-4o",
             "stream": True,
             "messages": [{"role": "user", "content": text}],
         }
-        self.conn.request(
-            "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"}
-        )
+        headers = {"Content-Type": "application/json"}
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        self.conn.request("POST", "/v1/chat/completions", json.dumps(body), headers)
         self.response = self.conn.getresponse()  # the headers: the stream has begun
         self.body = b""
         self.error: BaseException | None = None
