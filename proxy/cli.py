@@ -206,10 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    # --workers, like --host and --port, is not written into the settings: a reload compares
+    # the file with the file.
+    server = settings.server
     if ns.workers is not None:
-        settings = settings.model_copy(
-            update={"server": settings.server.model_copy(update={"workers": ns.workers})}
-        )
+        server = server.model_copy(update={"workers": ns.workers})
     host = ns.host if ns.host is not None else settings.server.host
     port = ns.port if ns.port is not None else settings.server.port
     if ns.worker_of_supervisor:
@@ -222,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics_dir=os.environ.get(METRICS_DIR_ENV),
         )
     _warn_open_relay(settings, host)
-    count = settings.server.worker_count
+    count = server.worker_count
     if count > 1:
         problem = supervisor.refusal(settings, count)
         if problem is not None:

@@ -41,16 +41,18 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
 
 
 class ProxyProcess:
-    """``python -m proxy ARGS`` with stderr collected line by line in a thread."""
+    """``python -m proxy ARGS`` (or ``command``) with stderr collected line by line in a thread."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(
+        self, *args: str, command: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", *args],
+            command or [sys.executable, "-m", "proxy", *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
             start_new_session=True,  # its workers too can be stopped as one group
         )
         self.lines: list[str] = []
