@@ -117,6 +117,11 @@ class Runtime:
         if self._reloading is not None:
             await asyncio.shield(self._reloading)
 
+    @property
+    def generations(self) -> int:
+        """The current generation and the old ones still finishing requests."""
+        return len(self._retiring) + (self._current is not None)
+
     async def retired(self) -> None:
         """Until every old generation has been closed."""
         await asyncio.gather(*self._retiring)
@@ -173,7 +178,7 @@ class Runtime:
         """Close an old generation once its last request (or stream) has ended."""
         if gen.active:
             await gen.idle.wait()
-        await gen.app.cleanup()
+        await _close(gen)
 
     async def close(self) -> None:
         """At shutdown, after the server stopped its handlers: close every generation."""
@@ -183,7 +188,13 @@ class Runtime:
         await asyncio.gather(*self._retiring, return_exceptions=True)
         if self._current is not None:
             current, self._current = self._current, None
-            await current.app.cleanup()
+            await _close(current)
+
+
+async def _close(gen: Generation) -> None:
+    """What an AppRunner does for the app it served: on_shutdown, then the cleanup contexts."""
+    await gen.app.shutdown()
+    await gen.app.cleanup()
 
 
 async def _leave_expect(request: web.Request) -> None:

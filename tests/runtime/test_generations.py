@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from proxy.resources import Shared
 from proxy.runtime import Runtime
 from tests.conftest import Fake
 from tests.runtime.procs import write_config
+from tests.runtime.test_graceful_stop import Stream
 from tests.support import http
 from tests.support.live import BackgroundLoop, LiveApp
 
@@ -95,3 +97,20 @@ def test_changed_settings_get_new_resources_and_old_ones_close(served: Any, fake
     s.bg.run(s.runtime.retired())
     assert session.closed
     assert len(s.shared.resources) == held
+
+
+def test_the_old_generation_closes_after_its_last_stream(served: Any, fake: Fake) -> None:
+    s = served(base(fake, cache={"enabled": False}))
+    gate = asyncio.Event()
+    fake.state.stream_gate = gate
+    held = Stream(s.live.port, "held across the reload")
+    old = s.runtime.current
+
+    s.reload(base(fake, cache={"enabled": False}, routing={"model_aliases": {"a": "gpt-4o"}}))
+    assert s.runtime.current is not old
+    assert old.active == 1 and s.runtime.generations == 2  # kept open for the stream
+
+    fake.live.bg.call(gate.set)
+    assert held.result().rstrip().endswith(b"data: [DONE]")
+    s.bg.run(s.runtime.retired())
+    assert old.active == 0 and s.runtime.generations == 1
