@@ -94,3 +94,42 @@ def test_readyz_answers_503_once_draining(proxy: Proxy) -> None:
     answer = raw.get(f"{proxy.url}/readyz")
     assert answer.status == 503 and answer.json()["status"] == "draining"
     assert raw.get(f"{proxy.url}/healthz").status == 200  # alive all the same
+
+
+def test_stop_hands_a_running_job_back_and_the_next_process_runs_it(
+    tmp_path: Path, fake: Fake, redis_url: str, start_proxy: Start
+) -> None:
+    port = free_port()
+    config = write_config(
+        tmp_path / "c.yaml",
+        {
+            "server": {"host": "127.0.0.1", "port": port, "shutdown_timeout_s": 5},
+            "upstreams": [{"name": "fake", "base_url": fake.url}],
+            "redis": {"url": redis_url},
+            "cache": {"enabled": False},
+        },
+    )
+    fake.state.latency_ms = 60_000  # the job's upstream call is running when the stop comes
+    first = start_proxy("--config", str(config))
+    first.wait_ready(port)
+    base = f"http://127.0.0.1:{port}/v1/jobs"
+    headers = {"Authorization": "Bearer sk-job-owner-0123456789"}
+    chat = {"model": "gpt-4o", "messages": [{"role": "user", "content": "survive a stop"}]}
+    job = raw.post(base, {"endpoint": "/v1/chat/completions", "body": chat}, headers=headers)
+    assert job.status == 202
+    url = f"{base}/{job.json()['id']}"
+    wait_until(lambda: fake.state.in_flight == 1, "the job's upstream call")
+    assert raw.get(url, headers=headers).json()["status"] == "in_progress"
+
+    first.signal(signal.SIGTERM)
+    assert first.wait_exit() == 0, first.log()  # without waiting for the minute-long call
+    fake.state.latency_ms = 0
+    second = start_proxy("--config", str(config))
+    second.wait_ready(port)
+
+    def finished() -> dict[str, object] | None:
+        answer = raw.get(url, headers=headers).json()
+        return answer if answer["status"] == "completed" else None
+
+    done = wait_until(finished, "the job to complete in the next process")
+    assert done["response"]["body"]["choices"][0]["message"]["content"] == "echo: survive a stop"  # type: ignore[index]
