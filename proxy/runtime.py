@@ -69,6 +69,7 @@ class Runtime:
         self._current: Generation | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self._reloading: asyncio.Task[None] | None = None
+        #: A reload was asked for while one (or the start) was under way.
         self._reload_again = False
 
     @property
@@ -93,6 +94,8 @@ class Runtime:
 
     async def start(self) -> None:
         self._current = await self._open(self.settings)
+        if self._reload_again:  # a SIGHUP came while the first generation was starting
+            self.reload()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         gen = self._current
@@ -106,8 +109,10 @@ class Runtime:
                 gen.idle.set()
 
     def reload(self) -> None:
-        """SIGHUP: reload in the background; a signal during a reload asks for one more."""
-        if self._reloading is not None and not self._reloading.done():
+        """SIGHUP: reload in the background; a signal during a reload (or during the start)
+        asks for one more after it."""
+        starting = self._current is None
+        if starting or (self._reloading is not None and not self._reloading.done()):
             self._reload_again = True
             return
         self._reloading = asyncio.create_task(self._reload_loop(), name="config-reload")
