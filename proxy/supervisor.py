@@ -143,9 +143,10 @@ class Supervisor:
 
     def reload(self) -> None:
         try:
-            load_config(self.config_path)
+            problem = refusal(load_config(self.config_path), self.count)
         except ConfigError as exc:
             problem = "; ".join(str(exc).splitlines())
+        if problem is not None:
             log.error("reload refused, the workers keep the previous config: %s", problem)
             return
         log.info("supervisor: config file checked, reloading %d workers", len(self.procs))

@@ -110,6 +110,11 @@ def test_supervisor_checks_a_reload_once_then_signals_every_worker(
     proc.wait_log("reload refused, the workers keep the previous config")
     assert len(proc.matches("reload refused")) == 1  # no worker was asked
     assert http.get(f"http://127.0.0.1:{port}/readyz").status == 200
+    # Valid, but not for two workers: jobs in each worker's memory.
+    write_config(path, config(port, fake, jobs={"enabled": True}))
+    proc.signal(signal.SIGHUP)
+    proc.wait_log("reload refused", count=2)
+    assert "need a shared job store" in proc.matches("reload refused")[-1].string
 
     write_config(path, config(port, fake, routing={"model_aliases": {"fast": "gpt-4o-mini"}}))
     proc.signal(signal.SIGHUP)
