@@ -53,9 +53,13 @@ class Stream:
         return self.body
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    ("sig", "workers"),
+    [(signal.SIGTERM, 1), (signal.SIGINT, 1), (signal.SIGTERM, 2)],
+    ids=["SIGTERM", "SIGINT", "SIGTERM-2-workers"],
+)
 def test_stop_lets_streams_in_flight_finish(
-    sig: signal.Signals, tmp_path: Path, fake: Fake, start_proxy: Start
+    sig: signal.Signals, workers: int, tmp_path: Path, fake: Fake, start_proxy: Start
 ) -> None:
     gate = asyncio.Event()
     fake.state.stream_gate = gate  # each stream holds after its first event until the gate opens
@@ -66,15 +70,16 @@ def test_stop_lets_streams_in_flight_finish(
             "server": {"host": "127.0.0.1", "port": port, "shutdown_timeout_s": 30},
             "upstreams": [{"name": "fake", "base_url": fake.url}],
             "cache": {"enabled": False},
+            "jobs": {"enabled": workers == 1},
         },
     )
-    proc = start_proxy("--config", str(config))
-    proc.wait_ready(port)
-    streams = [Stream(port, f"stream {i}") for i in range(3)]
+    proc = start_proxy("--config", str(config), "--workers", str(workers))
+    proc.wait_log("listening on", count=workers)
+    streams = [Stream(port, f"stream {i}") for i in range(6)]
     assert all(s.response.status == 200 for s in streams)
 
     proc.signal(sig)
-    proc.wait_log("draining")
+    proc.wait_log("draining", count=workers)
     # The listening socket is closed at once, while the streams are still held upstream.
     wait_until(lambda: refuses_connections(port), "the port to refuse connections")
     assert proc.proc.poll() is None
@@ -85,7 +90,7 @@ def test_stop_lets_streams_in_flight_finish(
         body = stream.result()
         assert body.rstrip().endswith(b"data: [DONE]"), body[-200:]
     assert proc.wait_exit() == 0, proc.log()
-    assert fake.state.completed_streams == 3 and fake.state.cancelled_streams == 0
+    assert fake.state.completed_streams == 6 and fake.state.cancelled_streams == 0
 
 
 def test_readyz_answers_503_once_draining(proxy: Proxy) -> None:
