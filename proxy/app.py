@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from functools import partial
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -13,7 +16,7 @@ from .batches import add_batch_routes, batches_ctx
 from .cache import add_cache_routes, cache_ctx
 from .call import Call, Next, Reply
 from .coalesce import coalesce_ctx
-from .config import Settings
+from .config import Settings, UpstreamSettings
 from .handlers.health import healthz, metrics_handler, readyz
 from .handlers.models import model_handler, models_ctx, models_handler
 from .handlers.proxy import ProxyDoor, proxy_handler
@@ -23,22 +26,24 @@ from .keys import (
     BATCHER,
     CACHE,
     DOOR,
+    DRAINING,
     METRICS,
     OBSERVER,
     ORIGINS,
     PIPELINE,
     READINESS,
     REDIS,
+    RESOURCES,
     ROUTER,
     SETTINGS,
     SINGLEFLIGHT,
 )
-from .metrics import Metrics
 from .middlewares import answer_expect_in_openai_shape, auth_middleware, error_middleware
 from .observe.middleware import build_observer
 from .observe.routes import add_observe_routes
 from .readiness import Readiness, redis_ping
 from .redis_client import open_redis
+from .resources import Shared
 from .responses import add_response_routes, responses_ctx
 from .upstream import Router, Upstream
 
@@ -60,48 +65,61 @@ async def upstream_stage(call: Call) -> Reply:
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    url = app[SETTINGS].redis.url
-    if not url:
+    settings = app[SETTINGS].redis
+    if not settings.url:
         app[REDIS] = None
         yield
         return
-    client = open_redis(
-        app[SETTINGS].redis,
-        max_connections=REDIS_MAX_CONNECTIONS,
-        pool_timeout_s=REDIS_POOL_TIMEOUT_S,
-        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
-    )
-    app[REDIS] = client
-    problem = "redis unreachable: coalescing within this replica only"
-    app[READINESS].add_check("redis", redis_ping(client, problem))
-    try:
-        yield
-    finally:
+
+    def open_client() -> Any:
+        return open_redis(
+            settings,
+            max_connections=REDIS_MAX_CONNECTIONS,
+            pool_timeout_s=REDIS_POOL_TIMEOUT_S,
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        )
+
+    async def close_client(client: Any) -> None:
         await client.aclose()
+
+    # A reload with the same redis settings keeps the client (and its open connections).
+    key = ("redis", settings.model_dump_json())
+    async with app[RESOURCES].use(key, open_client, close_client) as client:
+        app[REDIS] = client
+        problem = "redis unreachable: coalescing within this replica only"
+        app[READINESS].add_check("redis", redis_ping(client, problem))
+        yield
+
+
+def _open_session(up: UpstreamSettings) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=up.max_connections, limit_per_host=up.max_connections, ttl_dns_cache=300
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        skip_auto_headers=("User-Agent",),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+
+
+async def _close_session(session: aiohttp.ClientSession) -> None:
+    await session.close()
 
 
 async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
-    """One pooled keep-alive session per upstream, for the life of the app."""
+    """One pooled keep-alive session per upstream, for the life of the app (and across a
+    reload that leaves the upstream's address and pool size as they were)."""
     settings = app[SETTINGS]
-    sessions: list[aiohttp.ClientSession] = []
     upstreams = []
-    for up in settings.upstreams:
-        connector = aiohttp.TCPConnector(
-            limit=up.max_connections, limit_per_host=up.max_connections, ttl_dns_cache=300
-        )
-        session = aiohttp.ClientSession(
-            connector=connector,
-            skip_auto_headers=("User-Agent",),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        sessions.append(session)
-        upstreams.append(Upstream(up, session, errors=app[METRICS].upstream_errors))
-    app[ROUTER] = Router(settings, upstreams)
-    try:
+    async with AsyncExitStack() as stack:
+        for up in settings.upstreams:
+            key = ("upstream", up.name, up.base_url, up.max_connections)
+            session = await stack.enter_async_context(
+                app[RESOURCES].use(key, partial(_open_session, up), _close_session)
+            )
+            upstreams.append(Upstream(up, session, errors=app[METRICS].upstream_errors))
+        app[ROUTER] = Router(settings, upstreams)
         yield
-    finally:
-        for session in sessions:
-            await session.close()
 
 
 async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -135,10 +153,15 @@ async def readiness_ctx(app: web.Application) -> AsyncIterator[None]:
         await readiness.stop()
 
 
-def create_app(settings: Settings) -> web.Application:
-    """Build the proxy application; every resource opens in a cleanup context."""
+def create_app(settings: Settings, *, shared: Shared | None = None) -> web.Application:
+    """Build the proxy application; every resource opens in a cleanup context.
+
+    ``shared``: what this app has in common with the other apps of the process (a live reload
+    builds a new app beside the old one); by default its own.
+    """
+    shared = Shared() if shared is None else shared
     auth = Authenticator.for_settings(settings)
-    metrics = Metrics()
+    metrics = shared.metrics
     observer = build_observer(settings, metrics)
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
@@ -149,8 +172,12 @@ def create_app(settings: Settings) -> web.Application:
     app[AUTH] = auth
     app[METRICS] = metrics
     app[OBSERVER] = observer
+    app[RESOURCES] = shared.resources
+    app[DRAINING] = shared.draining
     app[READINESS] = Readiness(
-        requires_redis=settings.server.ready_requires_redis, gauge=metrics.degraded
+        requires_redis=settings.server.ready_requires_redis,
+        gauge=metrics.degraded,
+        draining=shared.draining,
     )
     # Order matters: each context may use what the ones before it opened.
     app.cleanup_ctx.append(redis_ctx)

@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -82,6 +82,19 @@ class ServerSettings(_Section):
     log_bodies: bool = False
     #: Per-request metrics (counts, latency histograms); off only to measure what they cost.
     request_metrics: bool = True
+    #: Worker processes on one port; ``auto``: one per CPU this process may run on.
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
+
+    @property
+    def worker_count(self) -> int:
+        """``workers`` as a number (``auto`` resolved against this process's CPU affinity)."""
+        if self.workers == "auto":
+            return (
+                len(os.sched_getaffinity(0))
+                if hasattr(os, "sched_getaffinity")
+                else os.cpu_count() or 1
+            )
+        return self.workers
 
 
 class UpstreamSettings(_Section):

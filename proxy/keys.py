@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from .metrics import Metrics
     from .observe.middleware import Observer
     from .readiness import Readiness
+    from .resources import Resources
     from .responses import OriginStage
     from .upstream import Router
 
@@ -24,6 +26,7 @@ __all__ = [
     "BATCHES",
     "CACHE",
     "DOOR",
+    "DRAINING",
     "IDENTITY",
     "JOBS",
     "METRICS",
@@ -33,6 +36,7 @@ __all__ = [
     "PIPELINE",
     "READINESS",
     "REDIS",
+    "RESOURCES",
     "ROUTER",
     "SETTINGS",
     "SINGLEFLIGHT",
@@ -66,6 +70,10 @@ JOBS: web.AppKey[Any] = web.AppKey("jobs")
 
 #: The Batch API emulation (``proxy.batches``), ``None`` in ``batches.mode: passthrough``.
 BATCHES: web.AppKey[Any] = web.AppKey("batches")
+#: Set when a graceful stop begins (SIGTERM/SIGINT): ``/readyz`` answers 503 from then on.
+DRAINING: web.AppKey[asyncio.Event] = web.AppKey("draining")
+#: Resources that a live reload hands from the old app to the new one (``proxy.resources``).
+RESOURCES: web.AppKey[Resources] = web.AppKey("resources")
 
 #: Per-request: the caller's identity, set by the auth middleware.
 IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity")

@@ -15,6 +15,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 
 __all__ = ["LATENCY_BUCKETS_S", "Metrics"]
 
@@ -25,7 +26,16 @@ LATENCY_BUCKETS_S = (
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """The app's metrics. ``multiprocess_dir``: this process is one of several workers (the
+    supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before they start, so prometheus-client keeps
+    every value in a file there) and ``/metrics`` reports the sum over all of them.
+
+    Every Gauge needs a ``multiprocess_mode`` saying how the workers' values combine:
+    ``livesum`` for amounts (bytes, entries, requests in flight), ``livemax`` for ratios.
+    """
+
+    def __init__(self, *, multiprocess_dir: str | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.upstream_errors = Counter(
             "llm_proxy_upstream_errors",
@@ -73,7 +83,7 @@ class Metrics:
             "Estimated time of the batch's requests sent alone / time of the batch",
             ["route"],
             registry=r,
-            multiprocess_mode="mostrecent",
+            multiprocess_mode="livemax",
         )
         self.cache_input_hits = Counter(
             "llm_proxy_cache_input_hits",
@@ -92,7 +102,13 @@ class Metrics:
             "1 while a part is degraded (cache off, job store unavailable), by part",
             ["part"],
             registry=r,
+            multiprocess_mode="livemax",
         )
+        # Processes: with workers, one sample per live worker (labelled by pid).
+        self.process_up = Gauge(
+            "llm_proxy_process_up", "1 per serving process", registry=r, multiprocess_mode="liveall"
+        )
+        self.process_up.set(1)
         self._add_observability(r)
         ProcessCollector(registry=r)
 
@@ -170,7 +186,12 @@ class Metrics:
         return hits / total if total else 0.0
 
     def export(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        # Every worker's values, read from their files at each scrape.
+        merged = CollectorRegistry(auto_describe=True)
+        MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
 
 
 def _total(counter: Counter) -> float:

@@ -8,8 +8,8 @@ not ready, a load balancer would have nowhere left to send traffic. An upstream 
 readiness failure either: a client is better served by the proxy's clear 502.
 
 It answers 503 only while the replica cannot serve: before start-up has finished, and while it
-drains. The graceful stop calls :meth:`Readiness.drain` (``app[READINESS].drain()``) when SIGTERM
-arrives, so that load balancers stop sending new requests while in-flight ones finish.
+drains. The graceful stop sets the process's draining event (``proxy.resources.Shared``) when
+SIGTERM arrives, so that load balancers stop sending new requests while in-flight ones finish.
 ``server.ready_requires_redis: true`` is the strict form: any degraded part is a 503.
 
 A part guarded by a circuit breaker (the cache) is :meth:`Readiness.watch`-ed: while its breaker
@@ -70,10 +70,17 @@ class _Watched:
 class Readiness:
     """``app[READINESS]``: the checks of the degraded parts, and the starting/draining state."""
 
-    def __init__(self, *, requires_redis: bool = False, gauge: Gauge | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        requires_redis: bool = False,
+        gauge: Gauge | None = None,
+        draining: asyncio.Event | None = None,
+    ) -> None:
         self.requires_redis = requires_redis
         self.started = False
-        self.draining = False
+        #: Set when a graceful stop begins; shared by every app of the process (a reload's too).
+        self._draining = asyncio.Event() if draining is None else draining
         self._gauge = gauge
         self._checks: dict[str, Check] = {}
         self._watched: dict[str, _Watched] = {}
@@ -100,7 +107,11 @@ class Readiness:
 
     def drain(self) -> None:
         """From now on this replica is not ready (SIGTERM: finish what runs, take nothing new)."""
-        self.draining = True
+        self._draining.set()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining.is_set()
 
     async def degraded(self) -> dict[str, str]:
         """Every degraded part and why, as of now (also set on the ``llm_proxy_degraded`` gauge)."""
@@ -120,6 +131,7 @@ class Readiness:
             problems["starting"] = "the proxy is starting"
         if self.draining:
             problems["draining"] = "the proxy is shutting down and takes no new requests"
+            return 503, {"status": "draining", "problems": problems, "degraded": {}}
         if self.requires_redis:
             problems.update(degraded)  # server.ready_requires_redis: a degraded part is fatal
         status = "not ready" if problems else "degraded" if degraded else "ready"
@@ -135,7 +147,7 @@ class Readiness:
         self.started = True
 
     async def stop(self) -> None:
-        self.draining = True
+        self.started = False  # this app is closing (a reload's old generation, or a stop)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -16,9 +17,10 @@ from aiohttp import web
 
 from ..config import Settings
 from ..handlers import jobs as handlers
-from ..keys import DOOR, JOBS, METRICS, PIPELINE, READINESS, SETTINGS
+from ..keys import DOOR, JOBS, METRICS, PIPELINE, READINESS, RESOURCES, SETTINGS
 from ..readiness import redis_ping
 from ..redis_client import open_redis
+from ..resources import Resources
 from .limits import MemoryBuckets, RateLimiter, RedisBuckets, bucket_limits
 from .memory import MemoryJobStore
 from .redis import RedisJobStore
@@ -45,7 +47,15 @@ def _redis(settings: Settings) -> Any:
     )
 
 
-def _store(redis: Any, settings: Settings) -> tuple[JobStore, RateLimiter]:
+def _memory_store(result_ttl_s: float) -> MemoryJobStore:
+    log.warning(
+        "jobs use the in-memory store: queued jobs and results do not survive a restart "
+        "(set redis.url to keep them)"
+    )
+    return MemoryJobStore(result_ttl_s=result_ttl_s)
+
+
+def _store(redis: Any, settings: Settings, resources: Resources) -> tuple[JobStore, RateLimiter]:
     jobs = settings.jobs
     limits = bucket_limits(jobs.rate_limit)
     if redis is not None:
@@ -56,11 +66,8 @@ def _store(redis: Any, settings: Settings) -> tuple[JobStore, RateLimiter]:
             op_timeout_s=jobs.store_timeout_s,
         )
         return store, RateLimiter(RedisBuckets(redis, store.keys, limits), limits)
-    log.warning(
-        "jobs use the in-memory store: queued jobs and results do not survive a restart "
-        "(set redis.url to keep them)"
-    )
-    memory = MemoryJobStore(result_ttl_s=jobs.result_ttl_s)
+    # The only copy of its jobs: the process keeps it, and a live reload's new app takes it over.
+    memory = resources.keep("jobs-memory-store", partial(_memory_store, jobs.result_ttl_s))
     return memory, RateLimiter(MemoryBuckets(limits), limits)
 
 
@@ -72,7 +79,7 @@ async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     redis = _redis(settings) if settings.jobs_on_redis else None
-    store, limiter = _store(redis, settings)
+    store, limiter = _store(redis, settings, app[RESOURCES])
     if redis is not None:
         app[READINESS].add_check("jobs", redis_ping(redis, "job store unavailable"))
     session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())

@@ -46,12 +46,18 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line).decode()
 
 
+#: ``log.error(..., extra=ALWAYS)``: never rate-limited (see :class:`RateLimitFilter`).
+ALWAYS = {"always": True}
+
+
 class RateLimitFilter(logging.Filter):
     """Lets through at most one WARNING-or-worse record per cause per ``interval_s``.
 
     A cause is the logger and the message *template* (``"job store unavailable; retrying in
     %ss"``), so a flood of the same failure is one line per interval; the next line that passes
-    says how many were suppressed since the last one. Lower levels pass untouched.
+    says how many were suppressed since the last one. Lower levels pass untouched, and so does a
+    record logged with ``extra=ALWAYS``: the answer to an operator's own action (a reload), which
+    must show every time.
     """
 
     def __init__(
@@ -64,7 +70,7 @@ class RateLimitFilter(logging.Filter):
         self._seen: dict[tuple[str, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
+        if record.levelno < logging.WARNING or getattr(record, "always", False):
             return True
         cause = (record.name, str(record.msg))
         now = self._clock()

@@ -110,7 +110,7 @@ def test_draining_is_not_ready(proxy: Proxy) -> None:
     assert http.get(f"{proxy.url}/readyz").status == 200
     proxy.live.bg.call(proxy.app[READINESS].drain)
     down = http.get(f"{proxy.url}/readyz")
-    assert down.status == 503 and down.json()["status"] == "not ready"
+    assert down.status == 503 and down.json()["status"] == "draining"
     assert "draining" in down.json()["problems"]
     # Still serving what arrives while the load balancer takes it out.
     assert http.post(f"{proxy.base_url}/chat/completions", CHAT).status == 200

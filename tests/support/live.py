@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from proxy.cli import use_eager_tasks
+
 T = TypeVar("T")
 
 
@@ -21,6 +23,7 @@ class BackgroundLoop:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        use_eager_tasks(self.loop)  # as the command line runs the proxy (Python 3.12+)
         self._thread = threading.Thread(target=self.loop.run_forever, name="live-loop", daemon=True)
         self._thread.start()
 
