@@ -91,7 +91,9 @@ class Variant:
 # The proxy's default config, pass-through: coalescing and batching on (defaults), cache off.
 _PASS = {"cache": {"enabled": False}}
 _LOG_TO_FILE = {"server": {"access_log": True, "log_format": "json"}}
-_QUIET = {"server": {"access_log": False, "metrics": False}}
+_QUIET = {"server": {"access_log": False, "request_metrics": False}}
+# More than one worker needs jobs on Redis or off; the 1-worker yardstick gets the same config.
+_NO_STATE = {"jobs": {"enabled": False}, "batches": {"mode": "passthrough"}}
 
 VARIANTS: dict[str, Variant] = {
     "direct": Variant("direct", "wrk straight to nginx"),
@@ -107,8 +109,17 @@ VARIANTS: dict[str, Variant] = {
         "proxy, 1 worker, cache off, request log and metrics off",
         config={**_PASS, **_QUIET},
     ),
+    "proxy-w1": Variant(
+        "proxy",
+        "proxy, 1 worker, defaults, cache off, jobs off",
+        config={**_PASS, **_NO_STATE},
+        args=("--workers", "1"),
+    ),
     "proxy-w2": Variant(
-        "proxy", "proxy, 2 workers, defaults, cache off", config=_PASS, args=("--workers", "2")
+        "proxy",
+        "proxy, 2 workers, defaults, cache off, jobs off",
+        config={**_PASS, **_NO_STATE},
+        args=("--workers", "2"),
     ),
 }
 
