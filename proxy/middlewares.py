@@ -68,7 +68,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 # /stats and /dashboard check the admin key themselves (proxy.observe.routes): a browser may
 # send it as a Basic password, and passthrough mode leaves them open.
-_PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/stats", "/dashboard"})
+_PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/stats", "/dashboard", "/openapi.json"})
 _ADMIN_MARK = "_llm_proxy_admin_route"
 
 H = TypeVar("H")
