@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from ..batches.files import FileWriter
 from ..batches.service import BatchService
@@ -116,7 +117,9 @@ async def upload_file(request: web.Request) -> web.StreamResponse:
     except BaseException as exc:
         if writer is not None:
             await asyncio.shield(writer.abort())
-        if isinstance(exc, ValueError):  # aiohttp's word for a malformed multipart body
+        # aiohttp's words for a malformed multipart body: ValueError, and a part's headers that
+        # its HTTP parser refuses.
+        if isinstance(exc, ValueError | BadHttpMessage):
             raise InvalidRequest("The multipart body is malformed") from None
         raise
     return _json(meta.public())
