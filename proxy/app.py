@@ -39,7 +39,12 @@ from .keys import (
     SETTINGS,
     SINGLEFLIGHT,
 )
-from .middlewares import answer_expect_in_openai_shape, auth_middleware, error_middleware
+from .middlewares import (
+    answer_expect_in_openai_shape,
+    auth_middleware,
+    error_middleware,
+    refuse_other_methods,
+)
 from .observe.middleware import build_observer
 from .observe.routes import add_observe_routes
 from .readiness import Readiness, redis_ping
@@ -203,6 +208,7 @@ def create_app(settings: Settings, *, shared: Shared | None = None) -> web.Appli
     add_response_routes(app)
     add_observe_routes(app)
     add_batch_routes(app, settings)
+    refuse_other_methods(app)
     app.router.add_route("*", "/v1/{tail:.*}", proxy_handler)
     answer_expect_in_openai_shape(app)
     return app

@@ -17,6 +17,7 @@ from aiohttp import web
 from proxy.app import create_app
 from proxy.config import parse_settings
 from proxy.handlers.openapi import openapi_document
+from proxy.middlewares import OWN_V1_PATHS
 from tests.conftest import ProxyFactory
 from tests.support import http
 
@@ -33,11 +34,14 @@ METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 def registered(app: web.Application) -> set[tuple[str, str]]:
     """``(method, path)`` of every route of ``app`` but the forwarded ones; the HEAD that
-    aiohttp adds beside a GET goes with its GET."""
+    aiohttp adds beside a GET goes with its GET, and the 405 for any other method
+    (``refuse_other_methods``) with the methods it refuses."""
     routes = set()
     for route in app.router.routes():
         path = route.resource.canonical if route.resource is not None else ""
         if path in FORWARDED or route.method == "HEAD":
+            continue
+        if route.method == "*" and path.startswith(OWN_V1_PATHS):
             continue
         routes.add((route.method.lower(), path))
     return routes
