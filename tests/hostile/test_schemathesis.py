@@ -59,7 +59,7 @@ schema = schemathesis.openapi.from_dict(copy.deepcopy(openapi_document()))
 @pytest.fixture(scope="module")
 def tally() -> Iterator[Counter[str]]:
     """Answers by request and status over the module, summed up at its end (``pytest -s``);
-    the figures in docs/reliability.md come from here."""
+    the figures reported for issue 11 come from here."""
     counts: Counter[str] = Counter()
     yield counts
     by_status: Counter[str] = Counter()
