@@ -3,8 +3,11 @@ every one was a 5xx made by the proxy, or an answer its OpenAPI document does no
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from proxy.handlers.openapi import openapi_document
 from tests.conftest import KEY_A, Fake, Proxy
 from tests.support import http
 
@@ -56,3 +59,16 @@ def test_a_method_the_proxys_own_route_does_not_serve_is_a_405_and_never_forward
     if method != "HEAD":
         assert got.json()["error"]["type"] == "invalid_request_error"
     assert not fake.state.requests
+
+
+def test_an_expectation_other_than_100_continue_is_a_documented_417(proxy: Proxy) -> None:
+    """Every operation answers 417 to ``Expect: <anything else>``, so the document says so."""
+    doc = openapi_document()
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            url = proxy.url + re.sub(r"\{[a-z_]+\}", "x", path)
+            got = http.request(method.upper(), url, headers={**AUTH, "Expect": "F"})
+            assert got.status == 417, (method, path, got.body)
+            assert "417" in operation["responses"], (method, path)
