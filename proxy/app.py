@@ -19,6 +19,7 @@ from .coalesce import coalesce_ctx
 from .config import Settings, UpstreamSettings
 from .handlers.health import healthz, metrics_handler, readyz
 from .handlers.models import model_handler, models_ctx, models_handler
+from .handlers.openapi import add_openapi_route
 from .handlers.proxy import ProxyDoor, proxy_handler
 from .jobs import add_job_routes, jobs_ctx
 from .keys import (
@@ -38,7 +39,12 @@ from .keys import (
     SETTINGS,
     SINGLEFLIGHT,
 )
-from .middlewares import answer_expect_in_openai_shape, auth_middleware, error_middleware
+from .middlewares import (
+    answer_expect_in_openai_shape,
+    auth_middleware,
+    error_middleware,
+    refuse_other_methods,
+)
 from .observe.middleware import build_observer
 from .observe.routes import add_observe_routes
 from .readiness import Readiness, redis_ping
@@ -194,6 +200,7 @@ def create_app(settings: Settings, *, shared: Shared | None = None) -> web.Appli
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
+    add_openapi_route(app)
     app.router.add_get("/v1/models", models_handler)
     app.router.add_get("/v1/models/{model:.+}", model_handler)
     add_cache_routes(app)
@@ -201,6 +208,7 @@ def create_app(settings: Settings, *, shared: Shared | None = None) -> web.Appli
     add_response_routes(app)
     add_observe_routes(app)
     add_batch_routes(app, settings)
+    refuse_other_methods(app)
     app.router.add_route("*", "/v1/{tail:.*}", proxy_handler)
     answer_expect_in_openai_shape(app)
     return app

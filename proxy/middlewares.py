@@ -20,6 +20,7 @@ __all__ = [
     "error_middleware",
     "is_admin_route",
     "json_error",
+    "refuse_other_methods",
     "require_admin",
 ]
 
@@ -68,7 +69,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 # /stats and /dashboard check the admin key themselves (proxy.observe.routes): a browser may
 # send it as a Basic password, and passthrough mode leaves them open.
-_PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/stats", "/dashboard"})
+_PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/stats", "/dashboard", "/openapi.json"})
 _ADMIN_MARK = "_llm_proxy_admin_route"
 
 H = TypeVar("H")
@@ -132,3 +133,32 @@ def answer_expect_in_openai_shape(app: web.Application) -> None:
     the routes every feature adds."""
     for route in app.router.routes():
         route._expect_handler = _expect_handler
+
+
+#: The proxy's own paths under ``/v1/`` (the rest of ``/v1/`` is the upstream's API).
+OWN_V1_PATHS = ("/v1/cache", "/v1/jobs", "/v1/files", "/v1/batches")
+
+
+def _method_not_allowed(allowed: list[str]) -> Handler:
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+
+    return refuse
+
+
+def refuse_other_methods(app: web.Application) -> None:
+    """A method that one of the proxy's own ``/v1/`` routes does not serve is a 405 with
+    ``Allow``, instead of falling through to the catch-all route and reaching the upstream
+    (which, in ``auth.mode: keys``, would get the proxy's own key). Call once routes are added."""
+    # One path may have several resources (aiohttp makes a new one when routes of other paths
+    # were added in between): the 405 goes after the last, naming the methods of them all.
+    last: dict[str, web.Resource] = {}
+    methods: dict[str, set[str]] = {}
+    for resource in app.router.resources():
+        path = resource.canonical
+        if any(path == own or path.startswith(own + "/") for own in OWN_V1_PATHS):
+            last[path] = resource  # type: ignore[assignment]
+            methods.setdefault(path, set()).update(route.method for route in resource)
+    for path, resource in last.items():
+        if "*" not in methods[path]:
+            resource.add_route("*", _method_not_allowed(sorted(methods[path])))

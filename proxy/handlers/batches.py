@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from ..batches.files import FileWriter
 from ..batches.service import BatchService
@@ -73,6 +74,15 @@ async def _part_chunks(part: BodyPartReader, timeout_s: float) -> AsyncIterator[
         yield chunk
 
 
+async def _multipart(request: web.Request) -> MultipartReader:
+    if not request.content_type.startswith("multipart/form-data"):
+        raise InvalidRequest("Upload the file as multipart/form-data with 'file' and 'purpose'")
+    try:
+        return await request.multipart()
+    except ValueError:  # e.g. no boundary in the Content-Type
+        raise InvalidRequest("The multipart body is malformed") from None
+
+
 async def upload_file(request: web.Request) -> web.StreamResponse:
     """``multipart/form-data`` with ``purpose`` and ``file``, streamed into the store."""
     files = _service(request).files
@@ -80,9 +90,7 @@ async def upload_file(request: web.Request) -> web.StreamResponse:
     limit = files.settings.max_bytes
     if request.content_length is not None and request.content_length > limit + _FRAMING_BYTES:
         raise PayloadTooLarge(f"A file may be at most {limit} bytes (files.max_bytes)")
-    if not request.content_type.startswith("multipart/form-data"):
-        raise InvalidRequest("Upload the file as multipart/form-data with 'file' and 'purpose'")
-    reader = await request.multipart()
+    reader = await _multipart(request)
     purpose: str | None = None
     writer: FileWriter | None = None
     filename = "file.jsonl"
@@ -109,7 +117,9 @@ async def upload_file(request: web.Request) -> web.StreamResponse:
     except BaseException as exc:
         if writer is not None:
             await asyncio.shield(writer.abort())
-        if isinstance(exc, ValueError):  # aiohttp's word for a malformed multipart body
+        # aiohttp's words for a malformed multipart body: ValueError, and a part's headers that
+        # its HTTP parser refuses.
+        if isinstance(exc, ValueError | BadHttpMessage):
             raise InvalidRequest("The multipart body is malformed") from None
         raise
     return _json(meta.public())
