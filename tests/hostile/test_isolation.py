@@ -129,11 +129,11 @@ def chat(text: str, **extra: Any) -> dict[str, Any]:
     return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}], **extra}
 
 
-def wait_job(world: World, job_id: str) -> dict[str, Any]:
+def wait_job(world: World, job_id: str, *, key: str = KEY_A) -> dict[str, Any]:
     found: dict[str, Any] = {}
 
     def done() -> bool:
-        found.update(world.send("GET", f"/v1/jobs/{job_id}").json())
+        found.update(world.send("GET", f"/v1/jobs/{job_id}", key=key).json())
         return found["status"] in ("completed", "failed", "cancelled")
 
     world.wait(done, timeout_s=20)
