@@ -46,6 +46,7 @@ MAX_REMEMBERED = 100_000
 #: A stream whose first event is larger than this is not searched for its id.
 _MAX_HEAD_BYTES = 64 * 1024
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+_STORED = RESPONSES + "/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +163,8 @@ class OriginStage:
 
     def wrap(self, next_stage: Next) -> Next:
         async def note_origin(call: Call) -> Reply:
+            if call.path.startswith(_STORED):  # a job's call to a stored response
+                await self._check_stored(call)
             if call.path != RESPONSES or call.method != "POST":
                 return await next_stage(call)
             await self._check_previous(call)
@@ -176,6 +179,16 @@ class OriginStage:
             return reply
 
         return note_origin
+
+    async def _check_stored(self, call: Call) -> None:
+        """``/v1/responses/{id}/...`` of another tenant's response: 404, as at the door for
+        stored responses (that door is the HTTP one; a job's calls come through here)."""
+        response_id = call.path[len(_STORED) :].partition("/")[0]
+        if not response_id or call.upstream.forwards_client_key(call.credential):
+            return
+        origin = await self.origins.lookup(response_id)
+        if origin is not None and origin.denies(tenant=call.tenant, own_key=True):
+            raise NotFound(f"No response found with id '{response_id}'.")
 
     async def _check_previous(self, call: Call) -> None:
         """``previous_response_id`` naming another tenant's response: 404, as OpenAI answers an

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.hostile.test_isolation import TALLY, isolation_figure
+from tests.hostile.test_isolation import ATTEMPTS, TALLY, isolation_figure
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -14,5 +14,5 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     configs = len({config for config, _, _ in TALLY})
     terminalreporter.write_line(
         f"isolation attempts denied / tried: {denied} / {tried} "
-        f"({tried // configs} attempts x {configs} configurations)"
+        f"({len(ATTEMPTS)} kinds of attempt, {configs} configurations)"
     )

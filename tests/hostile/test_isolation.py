@@ -39,7 +39,8 @@ EMB = "/v1/embeddings"
 RESP = "/v1/responses"
 EMB_MODEL = "text-embedding-3-small"
 
-Check = Callable[["World"], bool]
+#: True: denied; None: does not apply to this configuration (not counted).
+Check = Callable[["World"], bool | None]
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ class World:
     #: The upstream gets its own key, never the client's: it cannot tell tenants apart.
     own_key: bool
     a: dict[str, str] = field(default_factory=dict)
+    #: Another replica on the same Redis (Redis backend only).
+    peer: Proxy | None = None
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(4))
 
     def send(
@@ -89,12 +92,15 @@ class World:
         *,
         key: str = KEY_A,
         headers: dict[str, str] | None = None,
+        via: Proxy | None = None,
     ) -> Raw:
         all_headers = {"Authorization": f"Bearer {key}", **(headers or {})}
-        return request(method, f"{self.proxy.url}{path}", body, all_headers)
+        return request(method, f"{(via or self.proxy).url}{path}", body, all_headers)
 
-    def later(self, method: str, path: str, body: dict[str, Any], *, key: str) -> Future[Raw]:
-        return self.pool.submit(self.send, method, path, body, key=key)
+    def later(
+        self, method: str, path: str, body: dict[str, Any], *, key: str, via: Proxy | None = None
+    ) -> Future[Raw]:
+        return self.pool.submit(self.send, method, path, body, key=key, via=via)
 
     def calls(self, path: str) -> int:
         return int(self.bg.call(lambda: self.fake.state.calls[path]))
@@ -252,9 +258,10 @@ def _cache_only_if_cached(world: World) -> bool:
 # --- calls in flight and micro-batches ----------------------------------------------------------
 
 
-def _flight(world: World, body: dict[str, Any], tag: str) -> bool:
+def _flight(world: World, body: dict[str, Any], tag: str, *, via: Proxy | None = None) -> bool:
     """B's identical request while A's is in flight makes its own call; A's own second request
-    (the control) does join, so a leak could be seen."""
+    (the control) does join, so a leak could be seen. ``via``: B (and A's second) go to this
+    replica."""
     world.set_fake(latency_ms=300)
     try:
         outcomes = []
@@ -263,7 +270,7 @@ def _flight(world: World, body: dict[str, Any], tag: str) -> bool:
             before = world.calls(CHAT)
             first = world.later("POST", CHAT, body, key=KEY_A)
             world.wait(lambda b=before: world.calls(CHAT) == b + 1)  # type: ignore[misc]
-            second = world.send("POST", CHAT, body, key=other)
+            second = world.send("POST", CHAT, body, key=other, via=via)
             first.result(10)
             outcomes.append((world.calls(CHAT) - before, second.headers.get("x-coalesced")))
     finally:
@@ -281,6 +288,13 @@ def _flight_json(world: World) -> bool:
 @attempt("call in flight", "identical chat request while A's is in flight (stream)")
 def _flight_stream(world: World) -> bool:
     return _flight(world, chat("", stream=True), "flight stream")
+
+
+@attempt("call in flight", "identical request on another replica while A's is in flight")
+def _flight_replica(world: World) -> bool | None:
+    if world.peer is None:
+        return None
+    return _flight(world, chat(""), "flight replica", via=world.peer)
 
 
 @attempt("micro-batch", "embeddings request in the same batching window as A's")
@@ -334,6 +348,18 @@ def _job_list(world: World) -> bool:
     return {j["id"] for j in listed}.isdisjoint(world.a.values()) and len(mine) >= 2
 
 
+def _same_as_unknown(world: World, path: str, a_id: str) -> bool:
+    """A list paged after A's id answers as after an id that does not exist (no oracle)."""
+    theirs = world.send("GET", f"{path}?after={a_id}", key=KEY_B)
+    nobody = world.send("GET", f"{path}?after={a_id[:-4]}0000", key=KEY_B)
+    return (theirs.status, theirs.json().get("data")) == (nobody.status, nobody.json().get("data"))
+
+
+@attempt("job", "list jobs after A's job id")
+def _job_cursor(world: World) -> bool:
+    return _same_as_unknown(world, "/v1/jobs", world.a["job"])
+
+
 @attempt("job", "same Idempotency-Key as A's job")
 def _job_idempotency(world: World) -> bool:
     sub = {"endpoint": CHAT, "body": chat("idempotent"), "run_after": int(time.time()) + 3600}
@@ -379,6 +405,11 @@ def _file_list(world: World) -> bool:
     return {f["id"] for f in listed}.isdisjoint(world.a.values())
 
 
+@attempt("file", "list files after A's file id")
+def _file_cursor(world: World) -> bool:
+    return _same_as_unknown(world, "/v1/files", world.a["file"])
+
+
 @attempt("file", "create a batch from A's input file")
 def _file_batch(world: World) -> bool:
     body = {"input_file_id": world.a["file"], "endpoint": CHAT, "completion_window": "24h"}
@@ -401,6 +432,11 @@ def _batch_cancel(world: World) -> bool:
 def _batch_list(world: World) -> bool:
     listed = world.send("GET", "/v1/batches", key=KEY_B).json()["data"]
     return {b["id"] for b in listed}.isdisjoint(world.a.values())
+
+
+@attempt("batch", "list batches after A's batch id")
+def _batch_cursor(world: World) -> bool:
+    return _same_as_unknown(world, "/v1/batches", world.a["batch"])
 
 
 # --- stored responses ---------------------------------------------------------------------------
@@ -436,6 +472,20 @@ def _response_cancel(world: World) -> bool:
 def _response_chain(world: World) -> bool:
     body = {"model": "gpt-4o-mini", "input": "and?", "previous_response_id": world.a["response"]}
     return _stored(world, "POST", RESP, body)
+
+
+@attempt("stored response", "cancel A's response through a job")
+def _response_job(world: World) -> bool:
+    """The job worker's calls go through the pipeline, not the door for stored responses."""
+    since = world.recorded()
+    sub = {"endpoint": f"{RESP}/{world.a['response']}/cancel", "body": {}}
+    job = world.send("POST", "/v1/jobs", sub, key=KEY_B).json()
+    done = wait_job(world, job["id"], key=KEY_B)
+    seen = world.upstream_keys(RESP, since)
+    if world.own_key:
+        failed = done["status"] == "failed" and done["error"]["code"] == "not_found"
+        return failed and seen == []
+    return seen == [f"Bearer {KEY_B}"]
 
 
 # --- the cache purge (last: then A's entries must all still be there) --------------------------
@@ -518,12 +568,16 @@ def test_tenant_b_gets_nothing_of_tenant_a(
     }
     proxy = make_proxy({**config, "upstreams": [upstream]})
     world = World(proxy, fake, bg, own_key=mode == "keys" or not pass_client_key)
+    if backend == "redis":
+        world.peer = make_proxy({**config, "upstreams": [upstream]})
     name = request.node.callspec.id
     try:
         setup_a(world)
         leaks = []
         for row in ATTEMPTS:
             denied = row.check(world)
+            if denied is None:
+                continue
             TALLY[(name, row.thing, row.what)] = denied
             if not denied:
                 leaks.append(f"{row.thing}: {row.what}")
@@ -545,7 +599,7 @@ def test_the_table_covers_every_kind_of_thing() -> None:
         "stored response",
         "cache purge",
     }
-    assert len(ATTEMPTS) >= 30
+    assert len(ATTEMPTS) >= 38
 
 
 def test_an_origin_without_its_tenant_still_routes_and_denies_nobody() -> None:
