@@ -146,6 +146,17 @@ def wait_job(world: World, job_id: str, *, key: str = KEY_A) -> dict[str, Any]:
     return found
 
 
+def wait_batch(world: World, batch_id: str, *, key: str = KEY_A) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+
+    def done() -> bool:
+        found.update(world.send("GET", f"/v1/batches/{batch_id}", key=key).json())
+        return found["status"] in ("completed", "failed", "cancelled", "expired")
+
+    world.wait(done, timeout_s=30)
+    return found
+
+
 def multipart(data: bytes) -> tuple[bytes, str]:
     boundary = "isolation-boundary"
     body = (
@@ -195,14 +206,7 @@ def setup_a(world: World) -> None:
         {"input_file_id": a["file"], "endpoint": CHAT, "completion_window": "24h"},
     )
     a["batch"] = batch.json()["id"]
-    done: dict[str, Any] = {}
-
-    def finished() -> bool:
-        done.update(world.send("GET", f"/v1/batches/{a['batch']}").json())
-        return done["status"] == "completed"
-
-    world.wait(finished, timeout_s=30)
-    a["output_file"] = done["output_file_id"]
+    a["output_file"] = wait_batch(world, a["batch"])["output_file_id"]
 
 
 # --- cache entries ------------------------------------------------------------------------------
@@ -308,6 +312,43 @@ def _micro_batch(world: World) -> bool:
         outcomes.append(world.calls(EMB) - before)
     assert outcomes[0] == 1, "control: A's two requests in one window were not merged"
     return outcomes[1] == 2
+
+
+@attempt("micro-batch", "a batch of embeddings lines run beside A's batch")
+def _batch_members(world: World) -> bool:
+    """Batch API lines ride micro-batches too: A's and B's batches, run at the same time, are
+    merged only with their own tenant's lines, and each merged call carries its owner's key."""
+    since = world.recorded()
+    batches = {}
+    for owner, key in (("A", KEY_A), ("B", KEY_B)):
+        lines = [
+            {"custom_id": f"{owner}{i}", "method": "POST", "url": EMB,
+             "body": {"model": EMB_MODEL, "input": f"batchmix {owner} {i}"}}
+            for i in range(6)
+        ]  # fmt: skip
+        body, content_type = multipart(b"".join(json.dumps(x).encode() + b"\n" for x in lines))
+        upload = world.send(
+            "POST", "/v1/files", body, key=key, headers={"Content-Type": content_type}
+        )
+        create = {"input_file_id": upload.json()["id"], "endpoint": EMB, "completion_window": "24h"}
+        batches[key] = world.send("POST", "/v1/batches", create, key=key).json()["id"]
+    for key, batch_id in batches.items():
+        assert wait_batch(world, batch_id, key=key)["status"] == "completed"
+    requests = world.bg.call(lambda: list(world.fake.state.requests[since:]))
+    calls = []
+    for r in requests:
+        if r.path != EMB:
+            continue
+        inputs = json.loads(r.body)["input"]
+        inputs = [inputs] if isinstance(inputs, str) else inputs
+        owners = {text.split()[1] for text in inputs}
+        auth = next((v for k, v in r.headers.items() if k.lower() == "authorization"), "")
+        calls.append((owners, len(inputs), auth))
+    assert any(n > 1 for _, n, _ in calls), "control: no batch lines were merged at all"
+    if world.own_key:
+        return all(len(owners) == 1 for owners, _, _ in calls)
+    expected = {"A": f"Bearer {KEY_A}", "B": f"Bearer {KEY_B}"}
+    return all(len(o) == 1 and auth == expected[next(iter(o))] for o, _, auth in calls)
 
 
 # --- jobs ---------------------------------------------------------------------------------------
@@ -599,7 +640,7 @@ def test_the_table_covers_every_kind_of_thing() -> None:
         "stored response",
         "cache purge",
     }
-    assert len(ATTEMPTS) >= 38
+    assert len(ATTEMPTS) >= 39
 
 
 def test_an_origin_without_its_tenant_still_routes_and_denies_nobody() -> None:
