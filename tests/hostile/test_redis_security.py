@@ -53,7 +53,7 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def make_certs(directory: Path) -> None:
-    """A CA, and a server certificate it signs for 127.0.0.1."""
+    """A CA, a server certificate it signs for 127.0.0.1, and a client certificate."""
     _openssl(
         "req",
         "-x509",
@@ -84,15 +84,47 @@ def make_certs(directory: Path) -> None:
         cwd=directory,
     )
     (directory / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf",
-             cwd=directory)  # fmt: skip
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        cwd=directory,
+    )
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+        "-subj",
+        "/CN=llm-proxy",
+        cwd=directory,
+    )
+    _openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", "client.crt", "-days", "2", cwd=directory)  # fmt: skip
 
 
 class TlsRedis:
-    """A redis-server that speaks only TLS (no plain port), with a password."""
+    """A redis-server that speaks only TLS (no plain port), with a password; ``mutual``: it
+    wants a client certificate signed by its CA too."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, mutual: bool = False) -> None:
+        self.mutual = mutual
         exe = shutil.which("redis-server")
         assert exe is not None
         self.dir = Path(tempfile.mkdtemp(prefix="llmproxy-tls-"))
@@ -102,7 +134,8 @@ class TlsRedis:
         self.proc = subprocess.Popen(
             [*argv, "--tls-port", str(self.port), "--tls-cert-file", str(self.dir / "server.crt"),
              "--tls-key-file", str(self.dir / "server.key"),
-             "--tls-ca-cert-file", str(self.dir / "ca.crt"), "--tls-auth-clients", "no",
+             "--tls-ca-cert-file", str(self.dir / "ca.crt"),
+             "--tls-auth-clients", "yes" if mutual else "no",
              "--requirepass", PASSWORD],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -113,7 +146,16 @@ class TlsRedis:
         return str(self.dir / "ca.crt")
 
     def client_options(self) -> dict[str, Any]:
-        return {"password": PASSWORD, "ssl": True, "ssl_ca_certs": self.ca_file}
+        options = {"password": PASSWORD, "ssl": True, "ssl_ca_certs": self.ca_file}
+        if self.mutual:
+            options.update(self.client_cert())
+        return options
+
+    def client_cert(self) -> dict[str, str]:
+        return {
+            "ssl_certfile": str(self.dir / "client.crt"),
+            "ssl_keyfile": str(self.dir / "client.key"),
+        }
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, **self.client_options())
@@ -252,3 +294,29 @@ def test_tls_refuses_a_server_it_cannot_verify(
     while not redis_ok(lax):
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def mutual_tls_redis() -> Iterator[TlsRedis]:
+    server = TlsRedis(mutual=True)
+    yield server
+    server.close()
+
+
+async def test_tls_with_a_client_certificate(
+    make_proxy: ProxyFactory, fake: Fake, bg: BackgroundLoop, mutual_tls_redis: TlsRedis
+) -> None:
+    """``tls_cert_file``/``tls_key_file`` for a server with ``tls-auth-clients yes``; without
+    them the server refuses the proxy."""
+    server = mutual_tls_redis
+    url = f"rediss://:{PASSWORD}@127.0.0.1:{server.port}/0"
+    anonymous = make_proxy(_config(url, tls_ca_file=server.ca_file))
+    assert not redis_ok(anonymous)
+    cert = server.client_cert()
+    config = _config(
+        url,
+        tls_ca_file=server.ca_file,
+        tls_cert_file=cert["ssl_certfile"],
+        tls_key_file=cert["ssl_keyfile"],
+    )
+    await exercise(make_proxy, fake, bg, config)
