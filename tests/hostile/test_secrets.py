@@ -257,6 +257,16 @@ def test_no_secret_in_logs_metrics_redis_or_answers(
     assert {got.status for got in answers} >= {200, 202, 400, 401, 403, 404, 429, 500}
     found = [leak for where, text in texts.items() for leak in leaks(where, text)]
     assert found == []
+    # What went out: the admin key, the webhook secret and Redis's password never leave the
+    # proxy (a webhook carries a signature, not the secret); in keys mode no client key does.
+    sent = bg.call(lambda: list(fake.state.requests))
+    assert any(r.path == "/v1/hook" for r in sent)
+    stay = [ADMIN_KEY, BAD_ADMIN_KEY, WEBHOOK_SECRET, REDIS_PASSWORD, WRONG_REDIS_PASSWORD]
+    if mode == "keys":
+        stay += [KEY_A, KEY_B, BAD_KEY]
+    for r in sent:
+        text = json.dumps(r.headers) + r.body.decode("utf-8", "replace") + json.dumps(r.query)
+        assert [secret for secret in stay if secret in text] == [], r.path
 
 
 def test_the_dump_finds_a_secret_where_there_is_one(locked_redis: RedisServer) -> None:
