@@ -11,11 +11,11 @@ remembers goes to the default upstream, as it did before.
 Each id also keeps the cache key its answer was stored under, so that deleting the response
 upstream drops the cached copy too: a hit must not hand out an id the upstream no longer has.
 
-And the tenant that created it. Where the upstream cannot tell tenants apart (``auth.mode: keys``,
-``pass_client_key: false``, a keyless caller lent the upstream's key: the upstream gets its own
-key, not the caller's), the proxy is
-the only guard of another tenant's response: :meth:`Origin.denies` it to them, at the door for
-``/v1/responses/{id}`` and for ``previous_response_id`` (which would continue the owner's
+And the tenant that created it. Where the upstream cannot tell tenants apart (``auth.mode:
+keys``, ``pass_client_key: false``, a keyless caller lent the upstream's key: the upstream gets
+its own key, not the caller's), the proxy is the only guard of another tenant's response:
+:meth:`Origin.denies` it to them, at the door for ``/v1/responses/{id}``, in this stage for a
+job's calls below that path, and for ``previous_response_id`` (which would continue the owner's
 conversation). An id nobody remembers is forwarded as before (fail open, like the routing): the
 upstream's ids are unguessable, so reaching another tenant's response then takes its id *and* a
 forgotten origin.
@@ -180,24 +180,26 @@ class OriginStage:
 
         return note_origin
 
+    async def _elsewhere(self, call: Call, response_id: str) -> bool:
+        """Whether ``response_id`` is another tenant's and ``call`` would reach the upstream
+        with the upstream's own key (so the upstream could not refuse it)."""
+        if not response_id or call.upstream.forwards_client_key(call.credential):
+            return False
+        origin = await self.origins.lookup(response_id)
+        return origin is not None and origin.denies(tenant=call.tenant, own_key=True)
+
     async def _check_stored(self, call: Call) -> None:
         """``/v1/responses/{id}/...`` of another tenant's response: 404, as at the door for
         stored responses (that door is the HTTP one; a job's calls come through here)."""
         response_id = call.path[len(_STORED) :].partition("/")[0]
-        if not response_id or call.upstream.forwards_client_key(call.credential):
-            return
-        origin = await self.origins.lookup(response_id)
-        if origin is not None and origin.denies(tenant=call.tenant, own_key=True):
+        if await self._elsewhere(call, response_id):
             raise NotFound(f"No response found with id '{response_id}'.")
 
     async def _check_previous(self, call: Call) -> None:
         """``previous_response_id`` naming another tenant's response: 404, as OpenAI answers an
         id it does not know (the upstream would continue the owner's conversation)."""
         previous = call.json.get("previous_response_id") if call.json is not None else None
-        if not isinstance(previous, str) or call.upstream.forwards_client_key(call.credential):
-            return
-        origin = await self.origins.lookup(previous)
-        if origin is not None and origin.denies(tenant=call.tenant, own_key=True):
+        if isinstance(previous, str) and await self._elsewhere(call, previous):
             raise NotFound(
                 f"Previous response with id '{previous}' not found.",
                 param="previous_response_id",
