@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -282,3 +283,31 @@ def test_the_dump_finds_a_secret_where_there_is_one(locked_redis: RedisServer) -
         f"{KEY_B!r} in Redis",
         f"{UPSTREAM_KEY!r} in Redis",
     ]
+
+
+def test_a_waiting_job_holds_the_key_only_until_it_ends(
+    make_proxy: ProxyFactory, fake: Fake, bg: BackgroundLoop, locked_redis: RedisServer
+) -> None:
+    """Passthrough: a job needs its client's key later, so a waiting job keeps it in its hash's
+    ``credential`` field (and nowhere else); when the job ends, the key goes."""
+    locked_redis.flush()
+    url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{locked_redis.port}/0"
+    proxy = make_proxy({"redis": {"url": url}, "jobs": {"poll_interval_s": 0.05}})
+    world = World(proxy, fake, bg, own_key=False)
+    try:
+        later = {"endpoint": CHAT, "body": chat("later"), "run_after": int(time.time()) + 3600}
+        job_id = world.send("POST", "/v1/jobs", later).json()["id"]
+        with locked_redis.client() as client:
+            holders = [
+                (key, field)
+                for key in client.scan_iter()
+                if client.type(key) == b"hash"
+                for field, value in client.hgetall(key).items()
+                if KEY_A.encode() in value
+            ]
+            assert holders == [(f"{{llmproxy:jobs}}:job:{job_id}".encode(), b"credential")]
+            assert leaks("Redis", redis_dump(client)) == [f"{KEY_A!r} in Redis"]
+            assert world.send("POST", f"/v1/jobs/{job_id}/cancel").status == 200
+            assert leaks("Redis", redis_dump(client)) == []
+    finally:
+        world.pool.shutdown(wait=True)
