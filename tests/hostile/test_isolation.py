@@ -266,7 +266,7 @@ def _flight(world: World, body: dict[str, Any], tag: str, *, via: Proxy | None =
     """B's identical request while A's is in flight makes its own call; A's own second request
     (the control) does join, so a leak could be seen. ``via``: B (and A's second) go to this
     replica."""
-    world.set_fake(latency_ms=300)
+    world.set_fake(latency_ms=1000)  # room for the second request on a loaded machine
     try:
         outcomes = []
         for other in (KEY_A, KEY_B):
@@ -580,7 +580,7 @@ def _settings(mode: str, backend: str, request: pytest.FixtureRequest) -> dict[s
     config: dict[str, Any] = {
         "auth": auth,
         "cache": {"backend": backend},
-        "batching": {"embeddings": {"max_wait_ms": 300, "strategy": "window"}},
+        "batching": {"embeddings": {"max_wait_ms": 500, "strategy": "window"}},
         "jobs": {"poll_interval_s": 0.05, "backoff_base_s": 0.01},
         "batches": {"poll_interval_s": 0.05},
     }
