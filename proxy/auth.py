@@ -3,6 +3,17 @@
 A client's credential is forwarded (passthrough mode) in the header it came in: a credential is
 kept as one string, ``"<header>: <value>"`` (:func:`credential_header` reads it back), so that
 whatever stores it (an async job) keeps the header too.
+
+Key checks take the same time however much of a key a guess gets right. A presented token is
+hashed first (SHA-256), and only digests are compared: with :func:`hmac.compare_digest`, against
+*every* configured digest (:func:`_matches` never stops at the first match). Even an early-exit
+comparison of digests would tell an attacker only how many leading digits of SHA-256(guess) equal
+SHA-256(key), which says nothing about the key (the hash cannot be inverted): hashing first is
+what removes the timing oracle, ``compare_digest`` is the belt on top. The memo of known tokens
+is a dict keyed by the raw token: a lookup hashes the token with Python's keyed string hash and
+compares strings only on a full hash match, so its timing does not follow a partial match either;
+a memo hit is faster than a miss, but a hit needs the whole token. Pinned by
+``tests/hostile/test_constant_time.py``.
 """
 
 from __future__ import annotations
@@ -10,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from .config import AuthSettings, Settings
@@ -60,6 +71,15 @@ def _presented(headers: Mapping[str, str]) -> tuple[str, str, str] | None:
     if key:
         return "api-key", key, key
     return None
+
+
+def _matches(digest: str, known: Iterable[str]) -> bool:
+    """Whether ``digest`` is one of ``known``: a constant-time comparison with each of them, all
+    of them (no early exit: the time does not say which one matched, nor where)."""
+    found = False
+    for candidate in known:
+        found |= hmac.compare_digest(digest, candidate)
+    return found
 
 
 def is_loopback(host: str | None) -> bool:
@@ -131,7 +151,7 @@ class Authenticator:
 
     def _check(self, token: str) -> tuple[str, str]:
         digest = hashlib.sha256(token.encode()).hexdigest()
-        if self.mode == "keys" and not any(hmac.compare_digest(digest, d) for d in self._keys):
+        if self.mode == "keys" and not _matches(digest, self._keys):
             raise AuthenticationFailed("Incorrect API key provided")
         return "t_" + digest[:32], digest
 
@@ -142,7 +162,7 @@ class Authenticator:
         if presented is None:
             raise AuthenticationFailed("Missing admin key: send 'Authorization: Bearer <key>'")
         digest = hashlib.sha256(presented[2].encode()).hexdigest()
-        if not any(hmac.compare_digest(digest, d) for d in self._admin):
+        if not _matches(digest, self._admin):
             raise PermissionDenied("This route needs an admin key (auth.admin_keys)")
         return Identity(tenant="t_" + digest[:32], credential=None, digest=digest)
 

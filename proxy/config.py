@@ -191,6 +191,16 @@ class RedisSettings(_Section):
     #: ``redis.url`` names one node of a Redis Cluster (the cache then spreads its keys over the
     #: cluster's slots and never sends a cross-slot multi-key command).
     cluster: bool = False
+    #: TLS (a ``rediss://`` url): CA bundle that signs the server's certificate (default: the
+    #: system's), a client certificate and key for servers that ask for one, and whether to
+    #: verify the server's certificate and host name at all.
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_verify: bool = True
+    _tls_empty = field_validator("tls_ca_file", "tls_cert_file", "tls_key_file", mode="before")(
+        _empty_is_unset
+    )
 
 
 class CacheSettings(_Section):

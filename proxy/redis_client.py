@@ -15,7 +15,7 @@ from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
 from .config import RedisSettings
 
-__all__ = ["open_redis", "raise_if_cancelled"]
+__all__ = ["open_redis", "raise_if_cancelled", "tls_options"]
 
 
 def open_redis(
@@ -31,12 +31,30 @@ def open_redis(
     instead of failing with "too many connections".
     """
     assert settings.url is not None
+    options.update(tls_options(settings))
     if settings.cluster:
         return RedisCluster.from_url(settings.url, max_connections=max_connections, **options)
     pool = BlockingConnectionPool.from_url(
         settings.url, max_connections=max_connections, timeout=pool_timeout_s, **options
     )
     return Redis.from_pool(pool)
+
+
+def tls_options(settings: RedisSettings) -> dict[str, Any]:
+    """redis-py's ``ssl_*`` options for a ``rediss://`` url (none for ``redis://``, whose plain
+    connections take no such options). A password or ACL user travels in the url itself."""
+    if not settings.url or not settings.url.lower().startswith("rediss://"):
+        return {}
+    options: dict[str, Any] = {"ssl_cert_reqs": "required" if settings.tls_verify else "none"}
+    if not settings.tls_verify:
+        options["ssl_check_hostname"] = False
+    if settings.tls_ca_file:
+        options["ssl_ca_certs"] = settings.tls_ca_file
+    if settings.tls_cert_file:
+        options["ssl_certfile"] = settings.tls_cert_file
+    if settings.tls_key_file:
+        options["ssl_keyfile"] = settings.tls_key_file
+    return options
 
 
 def raise_if_cancelled() -> None:

@@ -121,13 +121,19 @@ class Upstream:
         rest = path[3:] if path.startswith("/v1") else path
         return f"{self.base_url}{rest}?{query}" if query else f"{self.base_url}{rest}"
 
+    def forwards_client_key(self, credential: str | None) -> bool:
+        """Whether a call with this client ``credential`` reaches the upstream with it (else with
+        the upstream's own key, or none): then the upstream can tell one tenant from another."""
+        return self._pass_client_key and credential is not None
+
     def request_headers(self, call: Call) -> dict[str, str]:
         headers = dict(call.headers)
         if self._extra_headers:
             headers.update(self._extra_headers)
         if call.note.request_id:
             headers["X-Request-ID"] = call.note.request_id
-        if self._pass_client_key and call.credential is not None:
+        if self.forwards_client_key(call.credential):
+            assert call.credential is not None
             name, value = credential_header(call.credential)
         elif self._auth is not None:
             name, value = self._auth

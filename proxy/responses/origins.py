@@ -10,6 +10,15 @@ remembers goes to the default upstream, as it did before.
 
 Each id also keeps the cache key its answer was stored under, so that deleting the response
 upstream drops the cached copy too: a hit must not hand out an id the upstream no longer has.
+
+And the tenant that created it. Where the upstream cannot tell tenants apart (``auth.mode:
+keys``, ``pass_client_key: false``, a keyless caller lent the upstream's key: the upstream gets
+its own key, not the caller's), the proxy is the only guard of another tenant's response:
+:meth:`Origin.denies` it to them, at the door for ``/v1/responses/{id}``, in this stage for a
+job's calls below that path, and for ``previous_response_id`` (which would continue the owner's
+conversation). An id nobody remembers is forwarded as before (fail open, like the routing): the
+upstream's ids are unguessable, so reaching another tenant's response then takes its id *and* a
+forgotten origin.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from ..breaker import Breaker
 from ..cache.responses import RESPONSES
 from ..call import Call, Next, Reply
 from ..config import CacheSettings
+from ..errors import NotFound
 
 __all__ = ["MemoryOrigins", "Origin", "OriginStage", "Origins", "RedisOrigins"]
 
@@ -36,6 +46,7 @@ MAX_REMEMBERED = 100_000
 #: A stream whose first event is larger than this is not searched for its id.
 _MAX_HEAD_BYTES = 64 * 1024
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+_STORED = RESPONSES + "/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,19 +55,29 @@ class Origin:
     upstream: str
     #: The cache key of the request that created it (``None``: not a cached route).
     cache_key: str | None = None
+    #: The tenant that created it (``None``: noted by a version that did not keep it).
+    tenant: str | None = None
 
     def encode(self) -> bytes:
-        return orjson.dumps([self.upstream, self.cache_key])
+        return orjson.dumps([self.upstream, self.cache_key, self.tenant])
 
     @classmethod
     def decode(cls, raw: bytes) -> Origin | None:
         try:
-            upstream, cache_key = orjson.loads(raw)
+            upstream, cache_key, *rest = orjson.loads(raw)
         except (orjson.JSONDecodeError, TypeError, ValueError):
             return None
-        if not isinstance(upstream, str) or not isinstance(cache_key, str | None):
+        tenant = rest[0] if rest else None
+        if not all(isinstance(v, str | None) for v in (cache_key, tenant)):
             return None
-        return cls(upstream, cache_key)
+        return cls(upstream, cache_key, tenant) if isinstance(upstream, str) else None
+
+    def denies(self, *, tenant: str, own_key: bool) -> bool:
+        """Whether the proxy must refuse this response to ``tenant``: it belongs to another
+        tenant, and the call would reach the upstream with the upstream's own key (``own_key``),
+        so the upstream could not refuse it. With the caller's own key the upstream decides, as
+        it would without the proxy."""
+        return own_key and self.tenant is not None and self.tenant != tenant
 
 
 class Origins(Protocol):
@@ -142,8 +163,13 @@ class OriginStage:
 
     def wrap(self, next_stage: Next) -> Next:
         async def note_origin(call: Call) -> Reply:
+            if call.path.startswith(_STORED):  # a job's call to a stored response
+                await self._check_stored(call)
+            if call.path != RESPONSES or call.method != "POST":
+                return await next_stage(call)
+            await self._check_previous(call)
             reply = await next_stage(call)
-            if call.path != RESPONSES or call.method != "POST" or not reply.ok or reply.follower:
+            if not reply.ok or reply.follower:
                 return reply
             ttl_s = max(self._ttl_s, call.cache.ttl_s or 0.0)
             if reply.stream is None:
@@ -154,9 +180,34 @@ class OriginStage:
 
         return note_origin
 
+    async def _elsewhere(self, call: Call, response_id: str) -> bool:
+        """Whether ``response_id`` is another tenant's and ``call`` would reach the upstream
+        with the upstream's own key (so the upstream could not refuse it)."""
+        if not response_id or call.upstream.forwards_client_key(call.credential):
+            return False
+        origin = await self.origins.lookup(response_id)
+        return origin is not None and origin.denies(tenant=call.tenant, own_key=True)
+
+    async def _check_stored(self, call: Call) -> None:
+        """``/v1/responses/{id}/...`` of another tenant's response: 404, as at the door for
+        stored responses (that door is the HTTP one; a job's calls come through here)."""
+        response_id = call.path[len(_STORED) :].partition("/")[0]
+        if await self._elsewhere(call, response_id):
+            raise NotFound(f"No response found with id '{response_id}'.")
+
+    async def _check_previous(self, call: Call) -> None:
+        """``previous_response_id`` naming another tenant's response: 404, as OpenAI answers an
+        id it does not know (the upstream would continue the owner's conversation)."""
+        previous = call.json.get("previous_response_id") if call.json is not None else None
+        if isinstance(previous, str) and await self._elsewhere(call, previous):
+            raise NotFound(
+                f"Previous response with id '{previous}' not found.",
+                param="previous_response_id",
+            )
+
     async def _note(self, response_id: str | None, call: Call, ttl_s: float) -> None:
         if response_id is not None:
-            origin = Origin(call.upstream.name, call.key)
+            origin = Origin(call.upstream.name, call.key, call.tenant)
             await self.origins.remember(response_id, origin, ttl_s=ttl_s)
 
     async def _sniff(

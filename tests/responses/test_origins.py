@@ -85,4 +85,4 @@ async def test_stream_ids_are_found_past_comments_and_split_chunks() -> None:
     assert reply.stream is not None
     passed = [chunk async for chunk in reply.stream]
     assert b"".join(passed) == b": keep-alive\n\n" + event + b"\n\nevent: x\n\n"
-    assert await memory.lookup("resp_s") == Origin("second", "t:k")
+    assert await memory.lookup("resp_s") == Origin("second", "t:k", "t")

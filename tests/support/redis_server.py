@@ -7,6 +7,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -36,12 +37,22 @@ def server_argv(exe: str, port: int, directory: str) -> list[str]:
     ]
 
 
-def wait_for_ping(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 10) -> redis.Redis:
-    """A client of the redis-server ``proc`` once it answers PING."""
+def wait_for_ping(
+    port: int,
+    proc: subprocess.Popen[bytes],
+    timeout_s: float = 10,
+    **options: Any,
+) -> redis.Redis:
+    """A client of the redis-server ``proc`` once it answers PING; ``options`` go to the client
+    (a password, TLS)."""
     # A server still loading accepts connections before it answers: bound the reply too, and
     # retry here on the deadline rather than inside the client.
     client = redis.Redis(
-        port=port, socket_connect_timeout=0.2, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
+        port=port,
+        socket_connect_timeout=0.2,
+        socket_timeout=0.5,
+        retry=Retry(NoBackoff(), 0),
+        **options,
     )
     deadline = time.monotonic() + timeout_s
     while True:
@@ -58,8 +69,9 @@ def wait_for_ping(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 1
 class RedisServer:
     """A redis-server process the tests may kill and restart (same port)."""
 
-    def __init__(self, *extra_args: str) -> None:
-        """``extra_args`` go to every start (e.g. ``--appendonly yes`` for a restart test)."""
+    def __init__(self, *extra_args: str, password: str | None = None) -> None:
+        """``extra_args`` go to every start (e.g. ``--appendonly yes`` for a restart test);
+        ``password``: the server's ``requirepass``, used by this object's own clients."""
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server is not on PATH; .ci/run installs it")
@@ -68,6 +80,9 @@ class RedisServer:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="llmproxy-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
+        self.password = password
+        if password is not None:
+            self.extra_args = (*extra_args, "--requirepass", password)
 
     @property
     def url(self) -> str:
@@ -86,7 +101,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for_ping(self.port, self.proc).close()
+        wait_for_ping(self.port, self.proc, password=self.password).close()
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -100,12 +115,12 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def flush(self) -> None:
-        client = redis.Redis(port=self.port)
+        client = redis.Redis(port=self.port, password=self.password)
         client.flushall()
         client.close()
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
+        return redis.Redis(port=self.port, password=self.password)
 
 
 class RedisClusterNode:
