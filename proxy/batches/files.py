@@ -41,8 +41,10 @@ class FileWriter:
         self.lines += data.count(b"\n")
         self._last = data[-1:]
         self._buffer += data
-        if len(self._buffer) >= CHUNK_BYTES:
-            await self._flush()
+        while len(self._buffer) >= CHUNK_BYTES:  # whole chunks: a big read is split, not kept
+            chunk = bytes(self._buffer[:CHUNK_BYTES])
+            del self._buffer[:CHUNK_BYTES]
+            await self.store.append(self.id, chunk, ttl_s=self.ttl_s)
 
     async def _flush(self) -> None:
         if self._buffer:
