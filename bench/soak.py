@@ -64,7 +64,7 @@ HOST = "127.0.0.1"
 JOB_DONE = ("completed", "failed", "cancelled", "expired")
 #: Pools the proxy keeps to Redis (proxy/app.py, cache, jobs, batches) plus a few pub/sub
 #: connections of cross-replica coalescing: an upper bound, not a target.
-REDIS_POOL_BOUND = 512 + 32 + 128 + 64 + 16
+REDIS_POOL_BOUND = 512 + 256 + 128 + 64 + 16
 #: Mix of request kinds, by weight.
 DEFAULT_MIX = {
     "plain": 25,
@@ -89,6 +89,7 @@ class SoakSettings:
     upstream_latency_ms: float = 20.0
     chunk_delay_ms: float = 2.0
     max_upstream_connections: int = 256
+    redis_op_timeout_ms: int = 50  # the product's default bound on each cache operation
     rss_slack_mib: float = 32.0
     seed: int = 1
     mix: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MIX))
@@ -364,7 +365,7 @@ def proxy_config(s: SoakSettings, *, port: int, upstream_port: int, redis_port: 
                 "max_connections": s.max_upstream_connections,
             }
         ],
-        "redis": {"url": f"redis://{HOST}:{redis_port}/0"},
+        "redis": {"url": f"redis://{HOST}:{redis_port}/0", "op_timeout_ms": s.redis_op_timeout_ms},
         "cache": {"backend": "redis"},
         "jobs": {"store": "redis"},
     }

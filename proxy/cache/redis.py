@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 _RAW, _ZLIB = b"\x00", b"\x01"
 _SCAN_COUNT = 1000
-#: Connections per Redis node; a request beyond this waits (up to the op timeout) for one.
-_MAX_CONNECTIONS = 32
+#: Connections per Redis node; a request beyond this waits (up to the op timeout) for one, and
+#: a wait past the bound opens the breaker. One per request the upstream's default pool lets be
+#: in flight: with fewer, a busy replica turned its own cache off (the soak, docs/reliability.md).
+_MAX_CONNECTIONS = 256
 
 
 def open_cache_redis(settings: RedisSettings) -> Any:
