@@ -39,6 +39,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -135,6 +136,8 @@ class Report:
     after: Sample | None = None
     in_flight_after: float | None = None
     redis_errors: dict[str, int] = field(default_factory=dict)
+    #: The proxy's log lines (warnings and errors: the request log is off), counted by message.
+    proxy_log: collections.Counter[str] = field(default_factory=collections.Counter)
     proxy_alive: bool = True
     rss_slack_mib: float = 0.0
     max_upstream_connections: int = 0
@@ -169,6 +172,7 @@ class Report:
             "after": sample(self.after),
             "in_flight_after": self.in_flight_after,
             "proxy_redis_errors": self.redis_errors,
+            "proxy_log": dict(self.proxy_log.most_common(10)),
             "problems": problems(self),
         }
 
@@ -195,6 +199,7 @@ class Report:
                 rows.append((f"{name}: RSS, fds", f"{m['rss_mib']} MiB, {m['fds']} "
                              f"({_kv(m['by_kind'])})"))  # fmt: skip
         rows.append(("proxy's Redis errors", _kv(s["proxy_redis_errors"]) or "0"))
+        rows.append(("proxy's log", _kv(s["proxy_log"]) or "nothing"))
         rows.append(("problems", "; ".join(s["problems"]) or "none"))
         lines = ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
         return "\n".join(lines)
@@ -545,8 +550,13 @@ class Load:
         for start, end in self.job_503s:
             if down is not None and end >= down and (back is None or start < back):
                 self.report.dictated["job: HTTP 503 while Redis was down"] += 1
+            elif down is None or end < down:
+                self.report.errors["job: HTTP 503 before the outage"] += 1
             else:
-                self.report.errors["job: HTTP 503"] += 1
+                assert back is not None
+                self.report.errors[
+                    f"job: HTTP 503 sent {start - back:+.1f} s after jobs were back"
+                ] += 1
 
 
 async def _sampler(pid: int, where: dict[str, int], report: Report, stop: asyncio.Event) -> None:
@@ -735,6 +745,16 @@ def _processes(s: SoakSettings, tmp: Path) -> Iterator[Processes]:
         yield proxy, redis, {"port": port, "upstream_port": up_port, "redis_port": redis.port}
 
 
+def _log_messages(path: Path) -> Iterator[str]:
+    """Each log line's message, numbers blanked so that repeats count together."""
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            message = str(json.loads(line).get("message", line))
+        except (ValueError, AttributeError):
+            message = line
+        yield re.sub(r"\d+(\.\d+)?", "N", message)[:160]
+
+
 def run_soak(settings: SoakSettings) -> Report:
     """One soak run (see the module docstring); ``problems(report)`` says what it missed."""
     # Each client connection costs an fd here and one in the proxy, plus pools and files.
@@ -749,6 +769,7 @@ def run_soak(settings: SoakSettings) -> Report:
         url = f"http://{HOST}:{where['port']}"
         load = Load(url=url, settings=settings, report=report, outage=Outage())
         run(_soak(load, proxy.pid, where, redis))
+        report.proxy_log.update(_log_messages(Path(tmp) / "proxy.log"))
         try:
             with urllib.request.urlopen(f"{url}/healthz", timeout=10) as response:
                 report.proxy_alive = response.status == 200

@@ -16,15 +16,13 @@ import logging
 import zlib
 from typing import Any
 
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from ..breaker import Breaker
 from ..config import CacheSettings, RedisSettings
 from ..errors import StoreUnavailable
 from ..metrics import Metrics
-from ..redis_client import open_redis
+from ..redis_client import open_redis, reconnect_once
 
 __all__ = ["RedisBackend", "open_cache_redis"]
 
@@ -41,7 +39,8 @@ _MAX_CONNECTIONS = 256
 
 
 def open_cache_redis(settings: RedisSettings) -> Any:
-    """A client for the cache: short timeouts, no retries (the breaker decides when to retry)."""
+    """A client for the cache: short timeouts, no retries but one reconnection of a broken
+    connection (the breaker decides when to try a Redis that is down again)."""
     timeout_s = settings.op_timeout_ms / 1000
     return open_redis(
         settings,
@@ -49,7 +48,7 @@ def open_cache_redis(settings: RedisSettings) -> Any:
         pool_timeout_s=timeout_s,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),
+        retry=reconnect_once(),
     )
 
 
