@@ -12,10 +12,24 @@ import asyncio
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .config import RedisSettings
 
-__all__ = ["open_redis", "raise_if_cancelled", "tls_options"]
+__all__ = ["open_redis", "raise_if_cancelled", "reconnect_once", "tls_options"]
+
+
+def reconnect_once() -> Retry:
+    """One immediate retry, on a new connection, of a command whose connection broke.
+
+    A pooled connection outlives the server it was opened to: after a Redis restart each one
+    fails its next command ("Connection closed by server"), which without this reached clients
+    as 503s (and opened the cache's breaker) after Redis was back. While Redis is down, the
+    retry's connect is refused at once. Timeouts are not retried: the command may have run.
+    """
+    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
 
 
 def open_redis(
@@ -28,12 +42,15 @@ def open_redis(
     """A client for ``settings.url``; ``options`` go to the connections (timeouts, retry).
 
     Single node: a blocking pool, so a burst waits up to ``pool_timeout_s`` for a connection
-    instead of failing with "too many connections".
+    instead of failing with "too many connections". Unless ``options`` say otherwise, a command
+    whose connection broke is retried once on a new one (:func:`reconnect_once`); a Cluster
+    client keeps its own retries (it also follows failovers with them).
     """
     assert settings.url is not None
     options.update(tls_options(settings))
     if settings.cluster:
         return RedisCluster.from_url(settings.url, max_connections=max_connections, **options)
+    options.setdefault("retry", reconnect_once())
     pool = BlockingConnectionPool.from_url(
         settings.url, max_connections=max_connections, timeout=pool_timeout_s, **options
     )

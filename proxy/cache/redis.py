@@ -16,15 +16,13 @@ import logging
 import zlib
 from typing import Any
 
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from ..breaker import Breaker
 from ..config import CacheSettings, RedisSettings
 from ..errors import StoreUnavailable
 from ..metrics import Metrics
-from ..redis_client import open_redis
+from ..redis_client import open_redis, reconnect_once
 
 __all__ = ["RedisBackend", "open_cache_redis"]
 
@@ -34,12 +32,15 @@ log = logging.getLogger(__name__)
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 _RAW, _ZLIB = b"\x00", b"\x01"
 _SCAN_COUNT = 1000
-#: Connections per Redis node; a request beyond this waits (up to the op timeout) for one.
-_MAX_CONNECTIONS = 32
+#: Connections per Redis node; a request beyond this waits (up to the op timeout) for one, and
+#: a wait past the bound opens the breaker. One per request the upstream's default pool lets be
+#: in flight: with fewer, a busy replica turned its own cache off (the soak, docs/reliability.md).
+_MAX_CONNECTIONS = 256
 
 
 def open_cache_redis(settings: RedisSettings) -> Any:
-    """A client for the cache: short timeouts, no retries (the breaker decides when to retry)."""
+    """A client for the cache: short timeouts, no retries but one reconnection of a broken
+    connection (the breaker decides when to try a Redis that is down again)."""
     timeout_s = settings.op_timeout_ms / 1000
     return open_redis(
         settings,
@@ -47,7 +48,7 @@ def open_cache_redis(settings: RedisSettings) -> Any:
         pool_timeout_s=timeout_s,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),
+        retry=reconnect_once(),
     )
 
 
