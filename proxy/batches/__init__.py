@@ -18,8 +18,9 @@ from aiohttp import web
 from ..config import Settings
 from ..handlers import batches as handlers
 from ..jobs.limits import MemoryBuckets, RateLimiter, bucket_limits
-from ..keys import BATCHES, DOOR, JOBS, PIPELINE, SETTINGS
+from ..keys import BATCHES, DOOR, JOBS, PIPELINE, RESOURCES, SETTINGS
 from ..redis_client import open_redis
+from ..resources import Resources
 from .files import FileService
 from .memory import MemoryBatchStore, MemoryFileStore
 from .redis import RedisBatchStore, RedisFileStore
@@ -34,10 +35,16 @@ log = logging.getLogger(__name__)
 _MAX_CONNECTIONS = 64
 
 
-def _stores(redis: Any, settings: Settings) -> tuple[FileStore, BatchStore]:
+def _memory_stores() -> tuple[FileStore, BatchStore]:
+    log.warning("files and batches are kept in memory: they do not survive a restart")
+    return MemoryFileStore(), MemoryBatchStore()
+
+
+def _stores(redis: Any, settings: Settings, resources: Resources) -> tuple[FileStore, BatchStore]:
     if redis is None:
-        log.warning("files and batches are kept in memory: they do not survive a restart")
-        return MemoryFileStore(), MemoryBatchStore()
+        # The only copy of the files and batches: the process keeps it, and a live reload's new
+        # app takes it over (as the memory job store).
+        return resources.keep("batches-memory-stores", _memory_stores)
     prefix, timeout_s = settings.redis.key_prefix, settings.jobs.store_timeout_s
     return (
         RedisFileStore(redis, prefix=prefix, op_timeout_s=timeout_s),
@@ -72,7 +79,7 @@ async def batches_ctx(app: web.Application) -> AsyncIterator[None]:
             pool_timeout_s=settings.jobs.store_timeout_s,
             socket_connect_timeout=1.0,
         )
-    file_store, batch_store = _stores(redis, settings)
+    file_store, batch_store = _stores(redis, settings, app[RESOURCES])
     files = FileService(file_store, settings.files)
     runner = BatchRunner(
         store=batch_store,
