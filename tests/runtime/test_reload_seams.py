@@ -7,6 +7,7 @@ from typing import Any
 
 import openai
 
+from proxy.keys import ORIGINS
 from tests.batches.conftest import chat_line, jsonl, upload, wait_done
 from tests.conftest import Fake
 from tests.runtime.conftest import AUTH
@@ -40,3 +41,19 @@ def test_memory_files_and_batches_survive_a_reload(served: Any, fake: Fake) -> N
         assert client.batches.retrieve(before).status == "completed"
         after = wait_done(client, create_batch(client, file_id))
         assert after.request_counts is not None and after.request_counts.completed == 2
+
+
+def test_memory_response_origins_survive_a_reload(served: Any, fake: Fake) -> None:
+    second = {"name": "second", "base_url": fake.url, "models": ["gpt-4o-mini"]}
+    config = base(fake, upstreams=[{"name": "fake", "base_url": fake.url}, second])
+    s = served(config)
+    made = s.post("/v1/responses", {"model": "gpt-4o-mini", "input": "where was I made?"})
+    assert made.status == 200
+    response_id = made.json()["id"]
+
+    s.reload({**config, "routing": {"model_aliases": {"fast": "gpt-4o-mini"}}})
+    # Without Redis the process's memory is the only record that ``second`` made it: a reload
+    # must not send ``GET /v1/responses/{id}`` to the default upstream instead.
+    origins = s.runtime.current.app[ORIGINS].origins
+    origin = s.bg.run(origins.lookup(response_id))
+    assert origin is not None and origin.upstream == "second"
