@@ -3,15 +3,18 @@ origins, metrics, readiness probes and background tasks."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import openai
+import pytest
 
 from proxy.keys import ORIGINS
 from tests.batches.conftest import chat_line, jsonl, upload, wait_done
 from tests.conftest import Fake
 from tests.runtime.conftest import AUTH
 from tests.runtime.test_generations import base
+from tests.support import http
 
 FAST = {"batches": {"poll_interval_s": 0.05}, "jobs": {"poll_interval_s": 0.05}}
 
@@ -57,3 +60,34 @@ def test_memory_response_origins_survive_a_reload(served: Any, fake: Fake) -> No
     origins = s.runtime.current.app[ORIGINS].origins
     origin = s.bg.run(origins.lookup(response_id))
     assert origin is not None and origin.upstream == "second"
+
+
+async def _tasks() -> list[str]:
+    return sorted(t.get_name() for t in asyncio.all_tasks() if t is not asyncio.current_task())
+
+
+def _named(names: list[str]) -> list[str]:
+    return [n for n in names if not n.startswith("Task-")]
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_twenty_reloads_leave_no_task_behind(
+    served: Any, fake: Fake, store: str, request: pytest.FixtureRequest
+) -> None:
+    extra: dict[str, Any] = dict(FAST)
+    if store == "redis":
+        extra |= {
+            "redis": {"url": request.getfixturevalue("redis_url")},
+            "cache": {"backend": "redis"},
+        }
+    s = served(base(fake, **extra))
+    first = s.bg.run(_tasks())
+    for n in range(20):
+        s.reload(base(fake, routing={"model_aliases": {f"a{n}": "gpt-4o"}}, **extra))
+        assert http.get(f"{s.live.url}/readyz").status == 200
+    s.bg.run(s.runtime.retired())
+    assert s.runtime.generations == 1
+    # The same background tasks (runners, dispatchers, probes) as one generation had, and no
+    # more: every old generation stopped its own.
+    assert _named(s.bg.run(_tasks())) == _named(first)
+    assert len(s.bg.run(_tasks())) == len(first)
