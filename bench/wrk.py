@@ -108,7 +108,11 @@ VARIANTS: dict[str, Variant] = {
         config={**_PASS, **_QUIET},
     ),
     "proxy-w2": Variant(
-        "proxy", "proxy, 2 workers, defaults, cache off", config=_PASS, args=("--workers", "2")
+        "proxy",
+        "proxy, 2 workers, defaults, cache off",
+        # Jobs and emulated batches keep their state in Redis with workers (none here).
+        config={**_PASS, "jobs": {"enabled": False}, "batches": {"mode": "passthrough"}},
+        args=("--workers", "2"),
     ),
 }
 

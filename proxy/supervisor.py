@@ -53,6 +53,13 @@ def refusal(settings: Settings, count: int) -> str | None:
             "so a job accepted by one would be unknown to the next connection. Set redis.url "
             "(jobs use Redis), or jobs.enabled: false, or run one worker"
         )
+    if settings.batches.mode == "emulate" and not settings.jobs_on_redis:
+        return (
+            f"{count} workers need a shared store for /v1/files and /v1/batches: each worker "
+            "would keep its own in memory, so a file uploaded to one would be unknown to the "
+            "next connection. Set redis.url (they use Redis, as jobs do), or batches.mode: "
+            "passthrough, or run one worker"
+        )
     return None
 
 

@@ -27,6 +27,7 @@ def config(port: int, fake: Fake, **sections: Any) -> dict[str, Any]:
         "server": {"host": "127.0.0.1", "port": port, "shutdown_timeout_s": 10},
         "upstreams": [{"name": "fake", "base_url": fake.url}],
         "jobs": {"enabled": False},
+        "batches": {"mode": "passthrough"},
         **sections,
     }
 
@@ -126,6 +127,17 @@ def test_supervisor_checks_a_reload_once_then_signals_every_worker(
 
     proc.signal(signal.SIGTERM)
     assert proc.wait_exit() == 0, proc.log()
+
+
+def test_memory_files_and_batches_are_refused_with_workers(
+    tmp_path: Path, fake: Fake, start_proxy: Start
+) -> None:
+    """Jobs off, batches emulated without Redis: each worker would keep its own files."""
+    path = write_config(tmp_path / "c.yaml", config(free_port(), fake, batches={}))
+    proc = start_proxy("--config", str(path), "--workers", "2")
+    assert proc.wait_exit() == 2
+    assert "redis.url" in proc.log() and "batches.mode: passthrough" in proc.log()
+    assert not proc.matches("started")
 
 
 def test_memory_job_store_is_refused_with_workers(
