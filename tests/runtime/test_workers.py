@@ -72,6 +72,13 @@ def test_two_workers_share_a_port_and_one_scrape_counts_both(
 
     wait_until(both_missed, "a miss in each worker")
     assert sample(port, "llm_proxy_cache_hits_total") == sent - 2
+    # /stats and the hit ratio, answered by either worker, count both as the scrape does.
+    for _ in range(4):
+        stats = http.get(f"http://127.0.0.1:{port}/stats").json()
+        assert stats["requests"]["total"] == stats["cache"]["cacheable"] == sent
+        assert stats["cache"]["hits"] == sent - 2
+        assert stats["cache"]["hit_ratio"] == (sent - 2) / sent
+        assert sample(port, "llm_proxy_cache_hit_ratio") == (sent - 2) / sent
 
     proc.signal(signal.SIGTERM)
     assert proc.wait_exit() == 0, proc.log()
