@@ -91,12 +91,20 @@ async def batches_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[BATCHES] = BatchService(store=batch_store, files=files, runner=runner, settings=settings)
     task = asyncio.create_task(runner.run(), name="batch-runner")
-    try:
-        yield
-    finally:
+
+    async def halt(_app: web.Application | None = None) -> None:
+        """Claim no more batches; running ones are handed back."""
         runner.stop()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+    # A reload's old generation stops running batches at once (proxy.runtime): the new one
+    # takes them over.
+    app.on_shutdown.append(halt)
+    try:
+        yield
+    finally:
+        await halt()
         if redis is not None:
             await redis.aclose()
 

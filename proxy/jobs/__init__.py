@@ -107,6 +107,8 @@ async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     app[JOBS] = service
     app[DOOR].async_door = handlers.async_door
     await service.start()
+    # A reload's old generation stops dispatching at once (proxy.runtime): the new one takes over.
+    app.on_shutdown.append(lambda _app: service.halt())
     try:
         yield
     finally:

@@ -127,13 +127,18 @@ class JobService:
     async def start(self) -> None:
         self._task = asyncio.create_task(self.worker.run(), name="jobs-dispatcher")
 
-    async def stop(self) -> None:
+    async def halt(self) -> None:
+        """Take no more jobs; running ones go back to the queue (for another worker or
+        generation to take). The store stays open: submissions and reads still work."""
         if self._task is not None:
             # The flag as well as the cancel: a cancellation that lands inside a Redis call can
             # come back as a connection error, which the dispatcher survives by design.
             self.worker.stop()
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+    async def stop(self) -> None:
+        await self.halt()
         if self.webhooks is not None:
             await self.webhooks.close()
         await self.store.close()

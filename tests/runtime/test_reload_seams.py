@@ -13,7 +13,9 @@ from proxy.keys import ORIGINS
 from tests.batches.conftest import chat_line, jsonl, upload, wait_done
 from tests.conftest import Fake
 from tests.runtime.conftest import AUTH
+from tests.runtime.procs import wait_until
 from tests.runtime.test_generations import CHAT, base
+from tests.runtime.test_graceful_stop import Stream
 from tests.support import http
 
 FAST = {"batches": {"poll_interval_s": 0.05}, "jobs": {"poll_interval_s": 0.05}}
@@ -109,3 +111,32 @@ def test_stats_keep_counting_and_remember_errors_across_a_reload(served: Any, fa
     assert stats["cache"]["hits"] == 1 and stats["cache"]["hit_ratio"] == 0.5
     # The errors /stats lists are the process's, not the current generation's.
     assert [e["status"] for e in stats["recent_errors"]] == [404]
+
+
+def test_only_the_current_generation_takes_background_work(served: Any, fake: Fake) -> None:
+    """An old generation kept open by a stream finishes that stream, and takes no more jobs or
+    batches: the new one does, with the new settings (one set of dispatchers, one
+    ``jobs.concurrency`` and one rate limit per process)."""
+    config = base(fake, cache={"enabled": False})
+    s = served(config)
+    gate = asyncio.Event()
+    fake.state.stream_gate = gate
+    held = Stream(s.live.port, "held across the reload")
+    old = s.runtime.current
+
+    s.reload({**config, "routing": {"model_aliases": {"a": "gpt-4o"}}})
+    assert old.active == 1 and s.runtime.generations == 2
+    running = s.bg.run(_tasks())
+    assert running.count("jobs-dispatcher") == running.count("batch-runner") == 1
+    job = s.post("/v1/jobs", {"endpoint": "/v1/chat/completions", "body": CHAT}).json()
+    wait_until(
+        lambda: (
+            http.get(f"{s.live.url}/v1/jobs/{job['id']}", headers=AUTH).json()["status"]
+            == "completed"
+        ),
+        "the job done by the new generation",
+    )
+
+    fake.live.bg.call(gate.set)
+    assert held.result().rstrip().endswith(b"data: [DONE]")
+    s.bg.run(s.runtime.retired())
