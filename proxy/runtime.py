@@ -9,12 +9,12 @@ generation).
 SIGHUP reads the config file again. A file that does not load (invalid YAML, unknown key, wrong
 type) is refused with one log line and the running generation stays. A good one becomes a new
 generation, started beside the old one and then swapped in (one assignment: a request is on one
-generation or the other, never on a mix). The old generation stops its background work at once
-(its ``on_shutdown``: the job dispatcher and the batch runner hand their work back for the new
-one) and is closed once its last request has finished, so in-flight requests and streams end on
-the settings they started with and no connection is dropped. Resources whose settings did not change are handed over rather than
-reopened (see :mod:`proxy.resources`): upstream connection pools, the Redis client, the memory
-cache with its entries, the memory job store with its jobs.
+generation or the other, never on a mix). The old generation stops its background work at once (its
+``on_shutdown``: the job dispatcher and the batch runner hand their work back for the new one) and
+is closed once its last request has finished, so in-flight requests and streams end on the settings
+they started with and no connection is dropped. Resources whose settings did not change are handed
+over rather than reopened (see :mod:`proxy.resources`): upstream connection pools, the Redis
+client, the memory cache with its entries, the memory job store with its jobs.
 """
 
 from __future__ import annotations
