@@ -56,6 +56,10 @@ def test_two_workers_share_a_port_and_one_scrape_counts_both(
     proc = start_workers(start_proxy, path, port)
     pids = {int(m.group(2)) for m in proc.matches(STARTED)}
     assert len(pids) == 2
+    # The workers share stderr: each one's lines say which process wrote them (JSON here, as
+    # stderr is no terminal).
+    for pid in pids:
+        assert proc.matches(rf'"pid":{pid},"message":"llm-proxy listening on')
     assert proc.matches("each of the 2 workers has its own cache")
     # Any scrape, answered by either worker, lists both.
     assert live_pids(port) == {str(p) for p in pids}
