@@ -17,6 +17,7 @@ from aiohttp import web
 
 from ..config import Settings
 from ..handlers import batches as handlers
+from ..jobs import memory_rate_state
 from ..jobs.limits import MemoryBuckets, RateLimiter, bucket_limits
 from ..keys import BATCHES, DOOR, JOBS, PIPELINE, RESOURCES, SETTINGS
 from ..redis_client import open_redis
@@ -60,7 +61,7 @@ def _limiter(app: web.Application) -> RateLimiter:
         limiter: RateLimiter = jobs.worker.limiter
         return limiter
     limits = bucket_limits(app[SETTINGS].jobs.rate_limit)
-    return RateLimiter(MemoryBuckets(limits), limits)
+    return RateLimiter(MemoryBuckets(limits, tat=memory_rate_state(app[RESOURCES])), limits)
 
 
 async def batches_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -4,12 +4,13 @@ origins, metrics, readiness probes and background tasks."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import openai
 import pytest
 
-from proxy.keys import ORIGINS
+from proxy.keys import JOBS, ORIGINS
 from tests.batches.conftest import chat_line, jsonl, upload, wait_done
 from tests.conftest import Fake
 from tests.runtime.conftest import AUTH
@@ -140,3 +141,24 @@ def test_only_the_current_generation_takes_background_work(served: Any, fake: Fa
     fake.live.bg.call(gate.set)
     assert held.result().rstrip().endswith(b"data: [DONE]")
     s.bg.run(s.runtime.retired())
+
+
+def test_memory_rate_limits_hold_across_a_reload(served: Any, fake: Fake) -> None:
+    """``jobs.rate_limit`` without Redis: the buckets are the process's, not a generation's, so a
+    reload does not hand out a fresh burst (nor, with a stream holding the old generation, a
+    second set of buckets running beside the first)."""
+    config = base(fake, jobs={"rate_limit": {"fake": {"requests_per_minute": 1}}, **FAST["jobs"]})
+    s = served(config)
+    job = s.post("/v1/jobs", {"endpoint": "/v1/chat/completions", "body": CHAT}).json()
+    wait_until(
+        lambda: (
+            http.get(f"{s.live.url}/v1/jobs/{job['id']}", headers=AUTH).json()["status"]
+            == "completed"
+        ),
+        "the first job, within the burst",
+    )
+
+    s.reload({**config, "routing": {"model_aliases": {"a": "gpt-4o"}}})
+    buckets = s.runtime.current.app[JOBS].worker.limiter._buckets
+    wait_s = s.bg.run(buckets.take(["fake/requests"], [1.0], time.time()))
+    assert 50 < wait_s <= 60  # the minute's one request was taken before the reload
