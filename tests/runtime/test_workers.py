@@ -61,6 +61,7 @@ def test_two_workers_share_a_port_and_one_scrape_counts_both(
     for pid in pids:
         assert proc.matches(rf'"pid":{pid},"message":"llm-proxy listening on')
     assert proc.matches("each of the 2 workers has its own cache")
+    assert not proc.matches("remembers only the responses it made")  # one upstream: no matter
     # Any scrape, answered by either worker, lists both.
     assert live_pids(port) == {str(p) for p in pids}
 
@@ -114,8 +115,12 @@ def test_supervisor_checks_a_reload_once_then_signals_every_worker(
     tmp_path: Path, fake: Fake, start_proxy: Start
 ) -> None:
     port = free_port()
-    path = write_config(tmp_path / "c.yaml", config(port, fake))
+    second = {"name": "second", "base_url": fake.url, "models": ["gpt-4o-mini"]}
+    upstreams = [{"name": "fake", "base_url": fake.url}, second]
+    path = write_config(tmp_path / "c.yaml", config(port, fake, upstreams=upstreams))
     proc = start_workers(start_proxy, path, port)
+    # Where each stored response was made is in each worker's memory: said once, at the start.
+    assert len(proc.matches("remembers only the responses it made")) == 1
 
     path.write_text("cache:\n  max_entries: many\n")
     proc.signal(signal.SIGHUP)
