@@ -182,7 +182,10 @@ class Metrics:
     def hit_rate(self, view: CollectorRegistry | None = None) -> float:
         """Hits / all cacheable requests (the design notes' 缓存命中率), over every worker."""
         counts = dict.fromkeys(_CACHEABLE, 0.0)
-        for family in (view or self.view()).collect():
+        sources: tuple[Counter | CollectorRegistry, ...] = (view or self.view(),)
+        if view is None and self.multiprocess_dir is None:  # one process: just the counters
+            sources = (self.cache_hits, self.cache_misses, self.cache_bypasses)
+        for family in (f for source in sources for f in source.collect()):
             for s in family.samples:
                 if s.name in counts:
                     counts[s.name] += s.value
