@@ -4,6 +4,7 @@ origins, metrics, readiness probes and background tasks."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -162,3 +163,16 @@ def test_memory_rate_limits_hold_across_a_reload(served: Any, fake: Fake) -> Non
     buckets = s.runtime.current.app[JOBS].worker.limiter._buckets
     wait_s = s.bg.run(buckets.take(["fake/requests"], [1.0], time.time()))
     assert 50 < wait_s <= 60  # the minute's one request was taken before the reload
+
+
+def test_routes_are_labelled_by_the_generations_patterns(served: Any, fake: Fake) -> None:
+    """Served through the reload shell (whose one route is ``/{tail}``), a request is labelled
+    by the generation's own route: ids never become label values."""
+    s = served(base(fake, **FAST))
+    with sdk(s) as client:
+        file_id = upload(client, jsonl([chat_line("a", "one")]))
+        client.files.retrieve(file_id)
+    assert http.get(f"{s.live.url}/v1/jobs/job_unknown", headers=AUTH).status == 404
+    scrape = http.get(f"{s.live.url}/metrics").body.decode()
+    routes = set(re.findall(r'llm_proxy_requests_total\{[^}]*route="([^"]*)"', scrape))
+    assert routes == {"/v1/files", "/v1/files/{file_id}", "/v1/jobs/{job_id}"}
