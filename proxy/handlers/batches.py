@@ -82,11 +82,11 @@ async def upload_file(request: web.Request) -> web.StreamResponse:
         raise PayloadTooLarge(f"A file may be at most {limit} bytes (files.max_bytes)")
     if not request.content_type.startswith("multipart/form-data"):
         raise InvalidRequest("Upload the file as multipart/form-data with 'file' and 'purpose'")
-    reader = await request.multipart()
     purpose: str | None = None
     writer: FileWriter | None = None
     filename = "file.jsonl"
     try:
+        reader = await request.multipart()  # a missing boundary is a ValueError too
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
                 continue

@@ -329,17 +329,21 @@ def test_a_file_name_cannot_reach_the_download_headers(batch_proxy: MakeProxy) -
     assert raw.content == b"{}\n"
 
 
-def test_a_malformed_upload_is_a_400_and_leaves_nothing(batch_proxy: MakeProxy) -> None:
+@pytest.mark.parametrize(
+    "content_type",
+    ["multipart/form-data; boundary=x", "multipart/form-data"],
+    ids=["bad-body", "no-boundary"],
+)
+def test_a_malformed_upload_is_a_400_and_leaves_nothing(
+    batch_proxy: MakeProxy, content_type: str
+) -> None:
     import http.client
 
     proxy = batch_proxy()
     conn = http.client.HTTPConnection("127.0.0.1", proxy.live.port, timeout=10)
     body = b"y" * 5000
     conn.request(
-        "POST",
-        "/v1/files",
-        body,
-        {"Content-Type": "multipart/form-data; boundary=x", "Authorization": "Bearer sk-a"},
+        "POST", "/v1/files", body, {"Content-Type": content_type, "Authorization": "Bearer sk-a"}
     )
     resp = conn.getresponse()
     assert resp.status == 400
