@@ -12,7 +12,7 @@ from aiohttp import BodyPartReader, web
 
 from ..batches.files import FileWriter
 from ..batches.service import BatchService
-from ..errors import InvalidRequest, PayloadTooLarge, RequestTimeout
+from ..errors import InvalidRequest, NotFound, PayloadTooLarge, RequestTimeout
 from ..keys import BATCHES, IDENTITY, SETTINGS
 from .proxy import parse_json_object
 
@@ -187,6 +187,12 @@ async def cancel_batch(request: web.Request) -> web.StreamResponse:
     return _json(batch.public())
 
 
+async def not_emulated(request: web.Request) -> web.StreamResponse:
+    """Any other method or path under ``/v1/files`` and ``/v1/batches``: they live here, so the
+    default upstream (and the client's key) must not hear of them."""
+    raise NotFound(f"Invalid URL ({request.method} {request.path})")
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/files", upload_file)
     app.router.add_get("/v1/files", list_files, allow_head=False)
@@ -197,3 +203,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/batches", list_batches, allow_head=False)
     app.router.add_get("/v1/batches/{batch_id}", get_batch, allow_head=False)
     app.router.add_post("/v1/batches/{batch_id}/cancel", cancel_batch)
+    for prefix in ("/v1/files", "/v1/batches"):  # before the proxy's catch-all /v1/ route
+        app.router.add_route("*", prefix, not_emulated)
+        app.router.add_route("*", prefix + "/{rest:.*}", not_emulated)
