@@ -10,7 +10,6 @@ sent one per call, `concurrency` at a time: the baseline.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
@@ -21,7 +20,7 @@ import aiohttp
 import orjson
 
 from bench._aio import run
-from bench.loadgen import DEFAULT_HEADERS
+from bench.loadgen import DEFAULT_HEADERS, driver_parser
 
 _DONE = ("completed", "failed", "expired", "cancelled")
 _MODEL = "text-embedding-3-small"
@@ -118,20 +117,8 @@ async def run_batch(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add = parser.add_argument
-    add("--url", required=True)
-    add("--scenario", choices=("batch-embeddings",), required=True)
-    add("--concurrency", type=int, default=4)
-    add("--count", type=int, default=10_000)
-    add("--warmup", type=int, default=0)
-    add("--after-warmup")
-    add("--json", action="store_true")
-    # Accepted for `bench.run`'s loadgen command line; not used here.
-    add("--inputs", type=int)
-    add("--header", action="append", default=[])
-    add("--repeat", action="store_true")
-    add("--distinct", type=int)
+    scenarios = ("batch-embeddings",)
+    parser = driver_parser(__doc__ or "", scenarios, concurrency=4, count=10_000, warmup=0)
     args = parser.parse_args(argv)
     report = run(
         run_batch(

@@ -11,7 +11,6 @@ Against the fake upstream (direct), both send synchronous chat requests: the bas
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
@@ -22,7 +21,7 @@ import aiohttp
 import orjson
 
 from bench._aio import run
-from bench.loadgen import DEFAULT_HEADERS, percentile
+from bench.loadgen import DEFAULT_HEADERS, driver_parser, percentile
 
 _DONE = ("completed", "failed", "cancelled")
 
@@ -173,20 +172,8 @@ async def run_jobs(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add = parser.add_argument
-    add("--url", required=True)
-    add("--scenario", choices=("job-submit", "job-drain"), required=True)
-    add("--concurrency", type=int, default=1)
-    add("--count", type=int, default=1000)
-    add("--warmup", type=int, default=100)
-    add("--after-warmup")
-    add("--json", action="store_true")
-    # Accepted for `bench.run`'s loadgen command line; not used here.
-    add("--inputs", type=int)
-    add("--header", action="append", default=[])
-    add("--repeat", action="store_true")
-    add("--distinct", type=int)
+    scenarios = ("job-submit", "job-drain")
+    parser = driver_parser(__doc__ or "", scenarios, concurrency=1, count=1000, warmup=100)
     args = parser.parse_args(argv)
     report = run(
         run_jobs(

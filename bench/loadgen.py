@@ -264,6 +264,28 @@ def _header(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
+def driver_parser(
+    doc: str, scenarios: tuple[str, ...], *, concurrency: int, count: int, warmup: int
+) -> argparse.ArgumentParser:
+    """The command line of a driver that ``bench.run`` starts in loadgen's place (jobs, batches):
+    loadgen's options, those it does not use accepted and ignored."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    add = parser.add_argument
+    add("--url", required=True)
+    add("--scenario", choices=scenarios, required=True)
+    add("--concurrency", type=int, default=concurrency)
+    add("--count", type=int, default=count)
+    add("--warmup", type=int, default=warmup)
+    add("--after-warmup")
+    add("--json", action="store_true")
+    # Accepted for `bench.run`'s loadgen command line; not used here.
+    add("--inputs", type=int)
+    add("--header", action="append", default=[])
+    add("--repeat", action="store_true")
+    add("--distinct", type=int)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="API base URL, e.g. http://127.0.0.1:8080/v1")

@@ -87,14 +87,15 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -
 
 
 def proxy_config(upstream_port: int, port: int, alias: str) -> dict[str, Any]:
-    """The default pass-through config (coalescing and batching on, cache off), no jobs (so that
-    any number of workers may run without Redis)."""
+    """The default pass-through config (coalescing and batching on, cache off), no jobs and no
+    emulated batches (so that any number of workers may run without Redis)."""
     return {
         "server": {"host": HOST, "port": port, "shutdown_timeout_s": 30},
         "upstreams": [{"name": "fake", "base_url": f"http://{HOST}:{upstream_port}/v1"}],
         "routing": {"model_aliases": {"fast": alias}},
         "cache": {"enabled": False},
         "jobs": {"enabled": False},
+        "batches": {"mode": "passthrough"},
     }
 
 

@@ -117,8 +117,9 @@ VARIANTS: dict[str, Variant] = {
     ),
     "proxy-w2": Variant(
         "proxy",
-        "proxy, 2 workers, defaults, cache off, jobs off",
-        config={**_PASS, **_NO_STATE},
+        "proxy, 2 workers, defaults, cache off",
+        # Jobs and emulated batches keep their state in Redis with workers (none here).
+        config={**_PASS, "jobs": {"enabled": False}, "batches": {"mode": "passthrough"}},
         args=("--workers", "2"),
     ),
 }

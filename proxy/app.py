@@ -45,7 +45,7 @@ from .middlewares import (
     error_middleware,
     refuse_other_methods,
 )
-from .observe.middleware import build_observer
+from .observe.middleware import Recent, build_observer
 from .observe.routes import add_observe_routes
 from .readiness import Readiness, redis_ping
 from .redis_client import open_redis
@@ -168,7 +168,9 @@ def create_app(settings: Settings, *, shared: Shared | None = None) -> web.Appli
     shared = Shared() if shared is None else shared
     auth = Authenticator.for_settings(settings)
     metrics = shared.metrics
-    observer = build_observer(settings, metrics)
+    observer = build_observer(
+        settings, metrics, recent=shared.resources.keep("observe-recent", Recent)
+    )
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
         middlewares=[observer.middleware(), error_middleware, auth_middleware(auth)],

@@ -250,7 +250,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     # JSON or text, repeated warnings rate-limited; the request log itself is the app's.
-    configure_logging(fmt=settings.server.log_format, level=settings.server.log_level)
+    configure_logging(
+        fmt=settings.server.log_format,
+        level=settings.server.log_level,
+        pid=ns.worker_of_supervisor,
+    )
     # --workers, like --host and --port, is not written into the settings: a reload compares
     # the file with the file.
     server = settings.server

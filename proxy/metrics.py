@@ -179,20 +179,36 @@ class Metrics:
             multiprocess_mode="max",
         )
 
-    def hit_rate(self) -> float:
-        """Hits / all cacheable requests (the design notes' 缓存命中率)."""
-        hits = _total(self.cache_hits)
-        total = hits + _total(self.cache_misses) + _total(self.cache_bypasses)
-        return hits / total if total else 0.0
+    def hit_rate(self, view: CollectorRegistry | None = None) -> float:
+        """Hits / all cacheable requests (the design notes' 缓存命中率), over every worker."""
+        counts = dict.fromkeys(_CACHEABLE, 0.0)
+        sources: tuple[Counter | CollectorRegistry, ...] = (view or self.view(),)
+        if view is None and self.multiprocess_dir is None:  # one process: just the counters
+            sources = (self.cache_hits, self.cache_misses, self.cache_bypasses)
+        for family in (f for source in sources for f in source.collect()):
+            for s in family.samples:
+                if s.name in counts:
+                    counts[s.name] += s.value
+        total = sum(counts.values())
+        return counts[_CACHEABLE[0]] / total if total else 0.0
 
-    def export(self) -> bytes:
+    def view(self) -> CollectorRegistry:
+        """What ``/metrics`` and ``/stats`` report: this process's registry, or with workers
+        every worker's values, read from their files at each call (a worker's own registry
+        holds only its own)."""
         if self.multiprocess_dir is None:
-            return generate_latest(self.registry)
-        # Every worker's values, read from their files at each scrape.
+            return self.registry
         merged = CollectorRegistry(auto_describe=True)
         MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
-        return generate_latest(merged)
+        return merged
+
+    def export(self) -> bytes:
+        return generate_latest(self.view())
 
 
-def _total(counter: Counter) -> float:
-    return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
+#: Hits first: the cacheable requests are these three.
+_CACHEABLE = (
+    "llm_proxy_cache_hits_total",
+    "llm_proxy_cache_misses_total",
+    "llm_proxy_cache_bypasses_total",
+)

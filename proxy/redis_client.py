@@ -9,16 +9,22 @@ each multi-key command in one hash slot.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import logging
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 from .config import RedisSettings
+from .errors import StoreUnavailable
 
-__all__ = ["open_redis", "raise_if_cancelled", "reconnect_once", "tls_options"]
+__all__ = ["open_redis", "raise_if_cancelled", "reconnect_once", "store_op", "tls_options"]
+
+T = TypeVar("T")
 
 
 def reconnect_once() -> Retry:
@@ -83,3 +89,17 @@ def raise_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+async def store_op(
+    aw: Awaitable[T], *, timeout_s: float, log: logging.Logger, store: str, unavailable: str
+) -> T:
+    """One bounded operation of a Redis-backed store (jobs, files and batches): a failure or a
+    timeout is logged (``"<store> operation failed: ..."``) and raised as
+    :class:`StoreUnavailable` with the client's message ``unavailable``."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await aw
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("%s operation failed: %s: %s", store, type(exc).__name__, exc)
+        raise StoreUnavailable(unavailable) from exc

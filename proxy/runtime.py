@@ -9,11 +9,12 @@ generation).
 SIGHUP reads the config file again. A file that does not load (invalid YAML, unknown key, wrong
 type) is refused with one log line and the running generation stays. A good one becomes a new
 generation, started beside the old one and then swapped in (one assignment: a request is on one
-generation or the other, never on a mix). The old generation is closed once its last request
-has finished, so in-flight requests and streams end on the settings they started with and no
-connection is dropped. Resources whose settings did not change are handed over rather than
-reopened (see :mod:`proxy.resources`): upstream connection pools, the Redis client, the memory
-cache with its entries, the memory job store with its jobs.
+generation or the other, never on a mix). The old generation stops its background work at once (its
+``on_shutdown``: the job dispatcher and the batch runner hand their work back for the new one) and
+is closed once its last request has finished, so in-flight requests and streams end on the settings
+they started with and no connection is dropped. Resources whose settings did not change are handed
+over rather than reopened (see :mod:`proxy.resources`): upstream connection pools, the Redis
+client, the memory cache with its entries, the memory job store with its jobs.
 """
 
 from __future__ import annotations
@@ -186,10 +187,13 @@ class Runtime:
         return Generation(app, settings)
 
     async def _retire(self, gen: Generation) -> None:
-        """Close an old generation once its last request (or stream) has ended."""
+        """Stop an old generation's background work at once (on_shutdown: job dispatcher, batch
+        runner; the new generation takes their work over), and close it once its last request
+        (or stream) has ended."""
+        await gen.app.shutdown()
         if gen.active:
             await gen.idle.wait()
-        await _close(gen)
+        await gen.app.cleanup()
 
     async def close(self) -> None:
         """At shutdown, after the server stopped its handlers: close every generation."""

@@ -72,6 +72,12 @@ def run(settings: Settings, *, host: str, port: int, count: int, config_path: st
             count,
             count,
         )
+    if len(settings.upstreams) > 1 and not settings.redis.url:
+        log.warning(
+            "without redis.url each of the %d workers remembers only the responses it made: "
+            "GET/DELETE /v1/responses/{id} on another worker goes to the default upstream",
+            count,
+        )
     metrics_dir = tempfile.mkdtemp(prefix="llm-proxy-metrics-")
     try:
         command = [sys.executable, "-m", "proxy", "--worker-of-supervisor"]

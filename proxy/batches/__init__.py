@@ -17,9 +17,11 @@ from aiohttp import web
 
 from ..config import Settings
 from ..handlers import batches as handlers
+from ..jobs import memory_rate_state
 from ..jobs.limits import MemoryBuckets, RateLimiter, bucket_limits
-from ..keys import BATCHES, DOOR, JOBS, PIPELINE, SETTINGS
+from ..keys import BATCHES, DOOR, JOBS, PIPELINE, RESOURCES, SETTINGS
 from ..redis_client import open_redis
+from ..resources import Resources
 from .files import FileService
 from .memory import MemoryBatchStore, MemoryFileStore
 from .redis import RedisBatchStore, RedisFileStore
@@ -34,10 +36,16 @@ log = logging.getLogger(__name__)
 _MAX_CONNECTIONS = 64
 
 
-def _stores(redis: Any, settings: Settings) -> tuple[FileStore, BatchStore]:
+def _memory_stores() -> tuple[FileStore, BatchStore]:
+    log.warning("files and batches are kept in memory: they do not survive a restart")
+    return MemoryFileStore(), MemoryBatchStore()
+
+
+def _stores(redis: Any, settings: Settings, resources: Resources) -> tuple[FileStore, BatchStore]:
     if redis is None:
-        log.warning("files and batches are kept in memory: they do not survive a restart")
-        return MemoryFileStore(), MemoryBatchStore()
+        # The only copy of the files and batches: the process keeps it, and a live reload's new
+        # app takes it over (as the memory job store).
+        return resources.keep("batches-memory-stores", _memory_stores)
     prefix, timeout_s = settings.redis.key_prefix, settings.jobs.store_timeout_s
     return (
         RedisFileStore(redis, prefix=prefix, op_timeout_s=timeout_s),
@@ -53,7 +61,7 @@ def _limiter(app: web.Application) -> RateLimiter:
         limiter: RateLimiter = jobs.worker.limiter
         return limiter
     limits = bucket_limits(app[SETTINGS].jobs.rate_limit)
-    return RateLimiter(MemoryBuckets(limits), limits)
+    return RateLimiter(MemoryBuckets(limits, tat=memory_rate_state(app[RESOURCES])), limits)
 
 
 async def batches_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -72,7 +80,7 @@ async def batches_ctx(app: web.Application) -> AsyncIterator[None]:
             pool_timeout_s=settings.jobs.store_timeout_s,
             socket_connect_timeout=1.0,
         )
-    file_store, batch_store = _stores(redis, settings)
+    file_store, batch_store = _stores(redis, settings, app[RESOURCES])
     files = FileService(file_store, settings.files)
     runner = BatchRunner(
         store=batch_store,
@@ -84,12 +92,20 @@ async def batches_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[BATCHES] = BatchService(store=batch_store, files=files, runner=runner, settings=settings)
     task = asyncio.create_task(runner.run(), name="batch-runner")
-    try:
-        yield
-    finally:
+
+    async def halt(_app: web.Application | None = None) -> None:
+        """Claim no more batches; running ones are handed back."""
         runner.stop()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+    # A reload's old generation stops running batches at once (proxy.runtime): the new one
+    # takes them over.
+    app.on_shutdown.append(halt)
+    try:
+        yield
+    finally:
+        await halt()
         if redis is not None:
             await redis.aclose()
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import builtins
 import secrets
-import time
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 import orjson
+
+from ..jobs.models import stamp_us
 
 __all__ = [
     "ENDPOINTS",
@@ -45,24 +46,10 @@ BatchStatus = Literal[
 Phase = Literal["validate", "run", "finalize", "done"]
 
 
-class _Stamps:
-    """Microsecond timestamps, strictly increasing within the process."""
-
-    def __init__(self) -> None:
-        self._last_us = 0
-
-    def next(self) -> int:
-        self._last_us = max(self._last_us + 1, time.time_ns() // 1000)
-        return self._last_us
-
-
-_stamps = _Stamps()
-
-
 def new_id(prefix: str) -> str:
     """``prefix`` + creation time in microseconds (14 hex digits) + 80 random bits: ids are
     unguessable and sort by creation, which the listings rely on."""
-    return f"{prefix}{_stamps.next():014x}{secrets.token_hex(10)}"
+    return f"{prefix}{stamp_us():014x}{secrets.token_hex(10)}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,16 +7,14 @@ once), and unfinished batches sit in a ZSET scored by their runner's lease deadl
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from ..errors import StoreUnavailable
+from ..redis_client import store_op
 from .models import Batch, FileMeta, changed_fields
 from .store import BatchKeys, Lease
 
@@ -34,14 +32,13 @@ class _Base:
         self._timeout_s = op_timeout_s
 
     async def _op(self, aw: Awaitable[T]) -> T:
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                return await aw
-        except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("batch store operation failed: %s: %s", type(exc).__name__, exc)
-            raise StoreUnavailable(
-                "The batch store (Redis) is unavailable. Try again later."
-            ) from exc
+        return await store_op(
+            aw,
+            timeout_s=self._timeout_s,
+            log=log,
+            store="batch store",
+            unavailable="The batch store (Redis) is unavailable. Try again later.",
+        )
 
 
 class RedisFileStore(_Base):

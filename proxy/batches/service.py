@@ -9,6 +9,7 @@ from typing import Any
 from ..auth import Identity
 from ..config import Settings
 from ..errors import InvalidRequest, NotFound
+from ..jobs.service import check_metadata
 from ..upstream import forward_headers
 from .files import FileService
 from .models import ENDPOINTS, Batch, new_id
@@ -20,24 +21,6 @@ __all__ = ["BatchService"]
 _FIELDS = frozenset(
     {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"}
 )
-_MAX_METADATA = 16
-
-
-def _metadata(value: Any) -> dict[str, str] | None:
-    if value is None:
-        return None
-    ok = isinstance(value, dict) and len(value) <= _MAX_METADATA
-    ok = ok and all(
-        isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
-        for k, v in value.items()
-    )
-    if not ok:
-        raise InvalidRequest(
-            f"'metadata' must map at most {_MAX_METADATA} keys (<= 64 chars) to strings "
-            "(<= 512 chars)",
-            param="metadata",
-        )
-    return dict(value)
 
 
 class BatchService:
@@ -60,7 +43,7 @@ class BatchService:
             raise InvalidRequest(f"'endpoint' must be one of {list(ENDPOINTS)}", param="endpoint")
         if data.get("completion_window") != "24h":
             raise InvalidRequest("'completion_window' must be '24h'", param="completion_window")
-        metadata = _metadata(data.get("metadata"))
+        metadata = check_metadata(data.get("metadata"))
         file_id = data.get("input_file_id")
         if not isinstance(file_id, str):
             raise InvalidRequest("'input_file_id' must be a file id", param="input_file_id")

@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import BadHttpMessage
 
 from ..batches.files import FileWriter
 from ..batches.service import BatchService
-from ..errors import InvalidRequest, PayloadTooLarge, RequestTimeout
+from ..errors import InvalidRequest, NotFound, PayloadTooLarge, RequestTimeout
 from ..keys import BATCHES, IDENTITY, SETTINGS
 from .proxy import parse_json_object
 
@@ -74,15 +74,6 @@ async def _part_chunks(part: BodyPartReader, timeout_s: float) -> AsyncIterator[
         yield chunk
 
 
-async def _multipart(request: web.Request) -> MultipartReader:
-    if not request.content_type.startswith("multipart/form-data"):
-        raise InvalidRequest("Upload the file as multipart/form-data with 'file' and 'purpose'")
-    try:
-        return await request.multipart()
-    except ValueError:  # e.g. no boundary in the Content-Type
-        raise InvalidRequest("The multipart body is malformed") from None
-
-
 async def upload_file(request: web.Request) -> web.StreamResponse:
     """``multipart/form-data`` with ``purpose`` and ``file``, streamed into the store."""
     files = _service(request).files
@@ -90,11 +81,13 @@ async def upload_file(request: web.Request) -> web.StreamResponse:
     limit = files.settings.max_bytes
     if request.content_length is not None and request.content_length > limit + _FRAMING_BYTES:
         raise PayloadTooLarge(f"A file may be at most {limit} bytes (files.max_bytes)")
-    reader = await _multipart(request)
+    if not request.content_type.startswith("multipart/form-data"):
+        raise InvalidRequest("Upload the file as multipart/form-data with 'file' and 'purpose'")
     purpose: str | None = None
     writer: FileWriter | None = None
     filename = "file.jsonl"
     try:
+        reader = await request.multipart()  # a missing boundary is a ValueError too
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
                 continue
@@ -197,6 +190,12 @@ async def cancel_batch(request: web.Request) -> web.StreamResponse:
     return _json(batch.public())
 
 
+async def not_emulated(request: web.Request) -> web.StreamResponse:
+    """Any other method or path under ``/v1/files`` and ``/v1/batches``: they live here, so the
+    default upstream (and the client's key) must not hear of them."""
+    raise NotFound(f"Invalid URL ({request.method} {request.path})")
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/files", upload_file)
     app.router.add_get("/v1/files", list_files, allow_head=False)
@@ -207,3 +206,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/batches", list_batches, allow_head=False)
     app.router.add_get("/v1/batches/{batch_id}", get_batch, allow_head=False)
     app.router.add_post("/v1/batches/{batch_id}/cancel", cancel_batch)
+    for prefix in ("/v1/files", "/v1/batches"):  # before the proxy's catch-all /v1/ route
+        app.router.add_route("*", prefix, not_emulated)
+        app.router.add_route("*", prefix + "/{rest:.*}", not_emulated)

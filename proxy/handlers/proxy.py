@@ -161,7 +161,8 @@ class ProxyDoor:
         path, query = safe_path(url.raw_path), url.raw_query_string
         # The type the client sent: aiohttp reports a missing one as application/octet-stream.
         declared = request.headers.get(hdrs.CONTENT_TYPE) or None
-        if request.method == "POST" and not (declared or "").startswith(_STREAMED_TYPES):
+        streamed = (declared or "").lower().startswith(_STREAMED_TYPES)  # case-insensitive
+        if request.method == "POST" and not streamed:
             body = await self.read_body(request)
             headers: Mapping[str, str] = request.headers
             data = _undeclared_json(body) if declared is None else None

@@ -29,7 +29,7 @@ from .store import JobStore
 from .webhooks import WebhookSender
 from .worker import Worker
 
-__all__ = ["add_job_routes", "jobs_ctx"]
+__all__ = ["add_job_routes", "jobs_ctx", "memory_rate_state"]
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,13 @@ def _store(redis: Any, settings: Settings, resources: Resources) -> tuple[JobSto
         return store, RateLimiter(RedisBuckets(redis, store.keys, limits), limits)
     # The only copy of its jobs: the process keeps it, and a live reload's new app takes it over.
     memory = resources.keep("jobs-memory-store", partial(_memory_store, jobs.result_ttl_s))
-    return memory, RateLimiter(MemoryBuckets(limits), limits)
+    return memory, RateLimiter(MemoryBuckets(limits, tat=memory_rate_state(resources)), limits)
+
+
+def memory_rate_state(resources: Resources) -> dict[str, float]:
+    """The process's memory rate-limit state (for jobs and batches), kept across reloads."""
+    state: dict[str, float] = resources.keep("jobs-memory-rate-limits", dict)
+    return state
 
 
 async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -107,6 +113,8 @@ async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     app[JOBS] = service
     app[DOOR].async_door = handlers.async_door
     await service.start()
+    # A reload's old generation stops dispatching at once (proxy.runtime): the new one takes over.
+    app.on_shutdown.append(lambda _app: service.halt())
     try:
         yield
     finally:

@@ -41,9 +41,14 @@ class Buckets(Protocol):
 
 
 class MemoryBuckets:
-    def __init__(self, limits: dict[str, tuple[float, float]]) -> None:
+    """``tat``: the state, by limit name; pass the process's own so that a live reload's new
+    buckets go on from where the old ones were (as Redis's do)."""
+
+    def __init__(
+        self, limits: dict[str, tuple[float, float]], *, tat: dict[str, float] | None = None
+    ) -> None:
         self._limits = limits  # name -> (interval_s, burst_s)
-        self._tat: dict[str, float] = {}
+        self._tat: dict[str, float] = {} if tat is None else tat
 
     async def take(self, names: list[str], costs: list[float], now: float) -> float:
         wait = 0.0

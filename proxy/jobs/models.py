@@ -42,13 +42,19 @@ class _Stamps:
 _stamps = _Stamps()
 
 
+def stamp_us() -> int:
+    """Microseconds since the epoch, strictly increasing within the process: one clock for every
+    id that must sort by creation (jobs here, files and batches in :mod:`proxy.batches`)."""
+    return _stamps.next()
+
+
 def new_job_id() -> str:
     """``job_``, the arrival time in microseconds (14 hex digits) and 72 random bits.
 
     Unguessable, and ids sort by arrival: the Redis queue relies on that to keep arrival order
     among jobs due at the same time (equal scores sort by member).
     """
-    return f"job_{_stamps.next():014x}{secrets.token_hex(9)}"
+    return f"job_{stamp_us():014x}{secrets.token_hex(9)}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,6 @@ of finished jobs scored by expiry, swept on every claim.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -16,9 +15,8 @@ from typing import Any, TypeVar
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from ..errors import StoreUnavailable
+from ..redis_client import store_op
 from .keys import JobKeys
 from .models import CANCELLED, Job, JobStatus
 from .store import Deleted, Lease
@@ -232,14 +230,14 @@ class RedisJobStore:
 
     async def _op(self, aw: Awaitable[T]) -> T:
         """Bound and translate one Redis operation."""
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                return await aw
-        except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("job store operation failed: %s: %s", type(exc).__name__, exc)
-            raise StoreUnavailable(
-                "The job store (Redis) is unavailable; the job was not stored. Try again later."
-            ) from exc
+        return await store_op(
+            aw,
+            timeout_s=self._timeout_s,
+            log=log,
+            store="job store",
+            unavailable="The job store (Redis) is unavailable; the job was not stored. "
+            "Try again later.",
+        )
 
     async def submit(
         self, job: Job, *, idempotency_key: str | None, idempotency_ttl_s: float, max_active: int

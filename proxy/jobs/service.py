@@ -21,7 +21,7 @@ from .store import JobStore
 from .webhooks import WebhookSender, callback_allowed
 from .worker import Worker
 
-__all__ = ["JobService", "Submission"]
+__all__ = ["JobService", "Submission", "check_metadata"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def check_options(body: Mapping[str, Any], settings: JobsSettings) -> dict[str, 
     return {
         "run_after": None if run_after is None else int(run_after),
         "callback_url": callback,
-        "metadata": _metadata(body.get("metadata")),
+        "metadata": check_metadata(body.get("metadata")) or {},
     }
 
 
@@ -82,9 +82,10 @@ def _check_callback(callback: object, settings: JobsSettings) -> None:
         )
 
 
-def _metadata(value: Any) -> dict[str, str]:
+def check_metadata(value: Any) -> dict[str, str] | None:
+    """A job's or batch's ``metadata`` (OpenAI's rule: at most 16 short string pairs)."""
     if value is None:
-        return {}
+        return None
     ok = isinstance(value, dict) and len(value) <= _MAX_METADATA
     ok = ok and all(
         isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
@@ -127,13 +128,18 @@ class JobService:
     async def start(self) -> None:
         self._task = asyncio.create_task(self.worker.run(), name="jobs-dispatcher")
 
-    async def stop(self) -> None:
+    async def halt(self) -> None:
+        """Take no more jobs; running ones go back to the queue (for another worker or
+        generation to take). The store stays open: submissions and reads still work."""
         if self._task is not None:
             # The flag as well as the cancel: a cancellation that lands inside a Redis call can
             # come back as a connection error, which the dispatcher survives by design.
             self.worker.stop()
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+    async def stop(self) -> None:
+        await self.halt()
         if self.webhooks is not None:
             await self.webhooks.close()
         await self.store.close()

@@ -31,16 +31,23 @@ def resolve_format(fmt: str, stream: IO[str] | None = None) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """``{"time", "level", "logger", "message"}`` (+ ``exc`` with a traceback), one per line."""
+    """``{"time", "level", "logger", "message"}`` (+ ``exc`` with a traceback), one per line;
+    ``pid``: with the process id before the message (a supervisor's workers share stderr)."""
+
+    def __init__(self, *, pid: bool = False) -> None:
+        super().__init__()
+        self.pid = pid
 
     def format(self, record: logging.LogRecord) -> str:
-        line = {
+        line: dict[str, object] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
         }
+        if self.pid:
+            line["pid"] = record.process
+        line["message"] = record.getMessage()
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(line).decode()
@@ -87,14 +94,18 @@ class RateLimitFilter(logging.Filter):
         return True
 
 
-def configure_logging(*, fmt: str, level: str, stream: IO[str] | None = None) -> logging.Handler:
-    """Replace the root logger's handlers with one on ``stream`` (stderr) in ``fmt``."""
+def configure_logging(
+    *, fmt: str, level: str, stream: IO[str] | None = None, pid: bool = False
+) -> logging.Handler:
+    """Replace the root logger's handlers with one on ``stream`` (stderr) in ``fmt``; ``pid``:
+    each line names its process (a supervisor's worker: ``INFO proxy [4242] ...``)."""
     stream = sys.stderr if stream is None else stream
     handler = logging.StreamHandler(stream)
     if resolve_format(fmt, stream) == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(pid=pid))
     else:
-        handler.setFormatter(logging.Formatter(_TEXT_FORMAT))
+        text = _TEXT_FORMAT.replace(" %(message)s", " [%(process)d] %(message)s") if pid else None
+        handler.setFormatter(logging.Formatter(text or _TEXT_FORMAT))
     handler.addFilter(RateLimitFilter())
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -26,7 +26,7 @@ from .note import MAX_REQUEST_ID, Note, RequestIds, close_note, open_note, reque
 from .requestlog import MAX_LOGGED_BODY_BYTES, RequestLog, query_names
 from .stats import Stats
 
-__all__ = ["NOTE", "QUIET_PATHS", "Observer", "build_observer"]
+__all__ = ["NOTE", "QUIET_PATHS", "Observer", "Recent", "build_observer"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,15 @@ _TEXTUAL = ("application/json", "text/")
 _CLIENT_GONE = 499  # nginx's code: the client closed the connection before the answer
 
 
+class Recent:
+    """What ``/stats`` remembers beyond the metrics: the last errors and the totals its rates
+    are measured from. One per process, as the metrics are: a reload's new app keeps it."""
+
+    def __init__(self) -> None:
+        self.stats = Stats()
+        self.errors: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_ERRORS)
+
+
 class Observer:
     """Request ids, the request log and the per-request metrics (``app[OBSERVER]``)."""
 
@@ -50,6 +59,7 @@ class Observer:
         metrics: Metrics,
         *,
         request_log: RequestLog | None,
+        recent: Recent | None = None,
     ) -> None:
         server = settings.server
         self.metrics = metrics
@@ -57,12 +67,11 @@ class Observer:
         self.count = server.request_metrics
         self.log_bodies = server.log_bodies
         self.ids = RequestIds()
-        self.stats = Stats()
+        recent = Recent() if recent is None else recent
+        self.stats = recent.stats
         self.routes = RouteLabels()
         self.models = ModelLabels(settings)
-        self.recent_errors: collections.deque[dict[str, Any]] = collections.deque(
-            maxlen=RECENT_ERRORS
-        )
+        self.recent_errors = recent.errors
         self._requests: dict[tuple[str, ...], Any] = {}
         self._durations: dict[str, Any] = {}
         self._ttfb: dict[str, Any] = {}
@@ -298,11 +307,13 @@ def _cut(body: bytes) -> str:
     return body[:MAX_LOGGED_BODY_BYTES].decode("utf-8", "replace")
 
 
-def build_observer(settings: Settings, metrics: Metrics) -> Observer:
+def build_observer(
+    settings: Settings, metrics: Metrics, *, recent: Recent | None = None
+) -> Observer:
     """The app's :class:`Observer`, with a request log when ``server.access_log``."""
     server = settings.server
     request_log = None
     if server.access_log:
         level = logging.getLevelName(server.log_level.upper())
         request_log = RequestLog(fmt=resolve_format(server.log_format), level=level)
-    return Observer(settings, metrics, request_log=request_log)
+    return Observer(settings, metrics, request_log=request_log, recent=recent)

@@ -1,8 +1,8 @@
 """``GET /stats``: the numbers an operator looks at first, read from the metrics registry.
 
 Everything but the recent errors comes from the Prometheus families, so ``/stats`` and
-``/metrics`` never disagree (and both see every worker when the registry does). Rates are the
-change since an earlier ``/stats`` call at least :data:`RATE_WINDOW_S` ago.
+``/metrics`` never disagree (with workers, both read every worker's values: ``Metrics.view``).
+Rates are the change since an earlier ``/stats`` call at least :data:`RATE_WINDOW_S` ago.
 """
 
 from __future__ import annotations
@@ -118,7 +118,8 @@ class Stats:
     async def document(self, app: web.Application) -> dict[str, Any]:
         await refresh_gauges(app)
         metrics = app[METRICS]
-        data = samples(metrics.registry)
+        view = metrics.view()
+        data = samples(view)
         requests = total(data, "llm_proxy_requests_total")
         answers = data.get("llm_proxy_requests_total", ())
         errors = sum(v for labels, v in answers if labels["status"].startswith("5"))
@@ -141,7 +142,7 @@ class Stats:
                 "by_route": _by(data, "llm_proxy_requests_total", "route"),
             },
             "cache": {
-                "hit_ratio": metrics.hit_rate(),
+                "hit_ratio": metrics.hit_rate(view),
                 "hits": int(total(data, "llm_proxy_cache_hits_total")),
                 "cacheable": int(cacheable),
                 "bytes": int(total(data, "llm_proxy_cache_bytes")),

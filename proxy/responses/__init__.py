@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from ..handlers.responses import stored_response_handler
-from ..keys import ORIGINS, REDIS, SETTINGS
+from ..keys import ORIGINS, REDIS, RESOURCES, SETTINGS
 from .origins import MemoryOrigins, Origins, OriginStage, RedisOrigins
 
 __all__ = ["OriginStage", "Origins", "add_response_routes", "responses_ctx"]
@@ -26,7 +26,8 @@ async def responses_ctx(app: web.Application) -> AsyncIterator[None]:
     redis = app[REDIS]
     origins: Origins
     if redis is None:
-        origins = MemoryOrigins()
+        # The process's only record of where each response was made: a reload keeps it.
+        origins = app[RESOURCES].keep("responses-memory-origins", MemoryOrigins)
     else:
         origins = RedisOrigins(
             redis,

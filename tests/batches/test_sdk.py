@@ -17,6 +17,7 @@ from tests.batches.conftest import (
     wait_done,
 )
 from tests.conftest import KEY_B, Fake, Proxy
+from tests.support import http
 
 MakeProxy = Callable[..., Proxy]
 
@@ -329,17 +330,21 @@ def test_a_file_name_cannot_reach_the_download_headers(batch_proxy: MakeProxy) -
     assert raw.content == b"{}\n"
 
 
-def test_a_malformed_upload_is_a_400_and_leaves_nothing(batch_proxy: MakeProxy) -> None:
+@pytest.mark.parametrize(
+    "content_type",
+    ["multipart/form-data; boundary=x", "multipart/form-data"],
+    ids=["bad-body", "no-boundary"],
+)
+def test_a_malformed_upload_is_a_400_and_leaves_nothing(
+    batch_proxy: MakeProxy, content_type: str
+) -> None:
     import http.client
 
     proxy = batch_proxy()
     conn = http.client.HTTPConnection("127.0.0.1", proxy.live.port, timeout=10)
     body = b"y" * 5000
     conn.request(
-        "POST",
-        "/v1/files",
-        body,
-        {"Content-Type": "multipart/form-data; boundary=x", "Authorization": "Bearer sk-a"},
+        "POST", "/v1/files", body, {"Content-Type": content_type, "Authorization": "Bearer sk-a"}
     )
     resp = conn.getresponse()
     assert resp.status == 400
@@ -386,3 +391,19 @@ def test_retries_run_out_into_the_error_file(batch_proxy: MakeProxy, fake: Fake)
     (err,) = read_jsonl(client, done.error_file_id)
     assert err["custom_id"] == "z" and err["response"]["status_code"] == 500
     assert fake.state.calls["/v1/chat/completions"] == 2
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/v1/files/file-x/content"), ("PUT", "/v1/files"), ("DELETE", "/v1/batches/b")],
+)
+def test_other_methods_on_emulated_routes_never_reach_the_upstream(
+    batch_proxy: MakeProxy, fake: Fake, method: str, path: str
+) -> None:
+    """Files and batches live in this proxy: a method it does not emulate is a 404 here, not a
+    request to the default upstream with the client's key about an id it never saw."""
+    proxy = batch_proxy()
+    raw = http.request(method, f"{proxy.url}{path}", b"", {"Authorization": "Bearer sk-a"})
+    assert raw.status == 404 and raw.json()["error"]["type"] == "invalid_request_error"
+    assert f"{method} {path}" in raw.json()["error"]["message"]
+    assert fake.state.requests == []

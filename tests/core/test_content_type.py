@@ -87,3 +87,19 @@ def test_untyped_body_that_is_no_json_object_passes_through(
     seen = fake.state.requests[-1]
     assert seen.headers["x-upstream"] == "openai" and seen.body == body
     assert seen.headers["Authorization"] == f"Bearer {KEY_A}"
+
+
+@pytest.mark.parametrize(
+    "content_type", ["Multipart/Form-Data; boundary=b0undary", "Application/Octet-Stream"]
+)
+def test_streamed_types_are_recognised_in_any_case(
+    routed: Proxy, fake: Fake, content_type: str
+) -> None:
+    """Media types are case-insensitive (RFC 9110 8.3.1): a capitalised multipart upload is
+    streamed through like a lower-case one, not read as JSON and refused."""
+    body = b'--b0undary\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+    body += b"--b0undary--\r\n"
+    headers = {"Authorization": f"Bearer {KEY_A}", "Content-Type": content_type}
+    raw = raw_post(f"{routed.base_url}/audio/transcriptions", body, headers)
+    assert raw.status == 200, raw.body
+    assert fake.state.requests[-1].body == body

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,14 +81,14 @@ def test_causes_are_counted_apart_and_info_is_not_limited(
     assert out[-1] == "redis down: TimeoutError (2 more like this in the last 30 s)"
 
 
-def test_configure_logging_installs_it_and_writes_json() -> None:
-    stream = io.StringIO()
+@contextlib.contextmanager
+def configured(stream: io.StringIO, **options: Any) -> Iterator[None]:
+    """``configure_logging`` for the block; the root logger as it was after it."""
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
     try:
-        configure_logging(fmt="auto", level="info", stream=stream)  # not a tty: JSON
-        for _ in range(50):
-            logging.getLogger("proxy.jobs.worker").warning("job store unavailable")
+        configure_logging(level="info", stream=stream, **options)
+        yield
     finally:
         for handler in list(root.handlers):
             root.removeHandler(handler)
@@ -93,9 +96,27 @@ def test_configure_logging_installs_it_and_writes_json() -> None:
             root.addHandler(handler)
         root.setLevel(saved[1])
         logging.getLogger("aiohttp.access").disabled = False
+
+
+def test_configure_logging_installs_it_and_writes_json() -> None:
+    stream = io.StringIO()
+    with configured(stream, fmt="auto"):  # not a tty: JSON
+        for _ in range(50):
+            logging.getLogger("proxy.jobs.worker").warning("job store unavailable")
     [line] = [json.loads(x) for x in stream.getvalue().splitlines()]
     assert line["level"] == "warning" and line["logger"] == "proxy.jobs.worker"
     assert line["message"] == "job store unavailable"
+    assert "pid" not in line
+
+
+def test_a_workers_lines_name_its_process_in_both_formats() -> None:
+    text, json_lines = io.StringIO(), io.StringIO()
+    with configured(text, fmt="text", pid=True):
+        logging.getLogger("proxy").info("listening")
+    with configured(json_lines, fmt="json", pid=True):
+        logging.getLogger("proxy").info("listening")
+    assert text.getvalue().rstrip().endswith(f" INFO proxy [{os.getpid()}] listening")
+    assert json.loads(json_lines.getvalue())["pid"] == os.getpid()
 
 
 class ClosingServer:

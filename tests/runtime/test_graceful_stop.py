@@ -71,6 +71,7 @@ def test_stop_lets_streams_in_flight_finish(
             "upstreams": [{"name": "fake", "base_url": fake.url}],
             "cache": {"enabled": False},
             "jobs": {"enabled": workers == 1},
+            "batches": {"mode": "emulate" if workers == 1 else "passthrough"},
         },
     )
     proc = start_proxy("--config", str(config), "--workers", str(workers))

@@ -27,6 +27,7 @@ def config(port: int, fake: Fake, **sections: Any) -> dict[str, Any]:
         "server": {"host": "127.0.0.1", "port": port, "shutdown_timeout_s": 10},
         "upstreams": [{"name": "fake", "base_url": fake.url}],
         "jobs": {"enabled": False},
+        "batches": {"mode": "passthrough"},
         **sections,
     }
 
@@ -55,7 +56,12 @@ def test_two_workers_share_a_port_and_one_scrape_counts_both(
     proc = start_workers(start_proxy, path, port)
     pids = {int(m.group(2)) for m in proc.matches(STARTED)}
     assert len(pids) == 2
+    # The workers share stderr: each one's lines say which process wrote them (JSON here, as
+    # stderr is no terminal).
+    for pid in pids:
+        assert proc.matches(rf'"pid":{pid},"message":"llm-proxy listening on')
     assert proc.matches("each of the 2 workers has its own cache")
+    assert not proc.matches("remembers only the responses it made")  # one upstream: no matter
     # Any scrape, answered by either worker, lists both.
     assert live_pids(port) == {str(p) for p in pids}
 
@@ -71,6 +77,13 @@ def test_two_workers_share_a_port_and_one_scrape_counts_both(
 
     wait_until(both_missed, "a miss in each worker")
     assert sample(port, "llm_proxy_cache_hits_total") == sent - 2
+    # /stats and the hit ratio, answered by either worker, count both as the scrape does.
+    for _ in range(4):
+        stats = http.get(f"http://127.0.0.1:{port}/stats").json()
+        assert stats["requests"]["total"] == stats["cache"]["cacheable"] == sent
+        assert stats["cache"]["hits"] == sent - 2
+        assert stats["cache"]["hit_ratio"] == (sent - 2) / sent
+        assert sample(port, "llm_proxy_cache_hit_ratio") == (sent - 2) / sent
 
     proc.signal(signal.SIGTERM)
     assert proc.wait_exit() == 0, proc.log()
@@ -102,8 +115,12 @@ def test_supervisor_checks_a_reload_once_then_signals_every_worker(
     tmp_path: Path, fake: Fake, start_proxy: Start
 ) -> None:
     port = free_port()
-    path = write_config(tmp_path / "c.yaml", config(port, fake))
+    second = {"name": "second", "base_url": fake.url, "models": ["gpt-4o-mini"]}
+    upstreams = [{"name": "fake", "base_url": fake.url}, second]
+    path = write_config(tmp_path / "c.yaml", config(port, fake, upstreams=upstreams))
     proc = start_workers(start_proxy, path, port)
+    # Where each stored response was made is in each worker's memory: said once, at the start.
+    assert len(proc.matches("remembers only the responses it made")) == 1
 
     path.write_text("cache:\n  max_entries: many\n")
     proc.signal(signal.SIGHUP)
@@ -126,6 +143,17 @@ def test_supervisor_checks_a_reload_once_then_signals_every_worker(
 
     proc.signal(signal.SIGTERM)
     assert proc.wait_exit() == 0, proc.log()
+
+
+def test_memory_files_and_batches_are_refused_with_workers(
+    tmp_path: Path, fake: Fake, start_proxy: Start
+) -> None:
+    """Jobs off, batches emulated without Redis: each worker would keep its own files."""
+    path = write_config(tmp_path / "c.yaml", config(free_port(), fake, batches={}))
+    proc = start_proxy("--config", str(path), "--workers", "2")
+    assert proc.wait_exit() == 2
+    assert "redis.url" in proc.log() and "batches.mode: passthrough" in proc.log()
+    assert not proc.matches("started")
 
 
 def test_memory_job_store_is_refused_with_workers(
