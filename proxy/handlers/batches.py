@@ -206,6 +206,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/batches", list_batches, allow_head=False)
     app.router.add_get("/v1/batches/{batch_id}", get_batch, allow_head=False)
     app.router.add_post("/v1/batches/{batch_id}/cancel", cancel_batch)
-    for prefix in ("/v1/files", "/v1/batches"):  # before the proxy's catch-all /v1/ route
-        app.router.add_route("*", prefix, not_emulated)
+    # Other paths under them: before the proxy's catch-all /v1/ route. (Another method on one
+    # of the routes above is a 405 with Allow: proxy.middlewares.refuse_other_methods.)
+    for prefix in ("/v1/files", "/v1/batches"):
         app.router.add_route("*", prefix + "/{rest:.*}", not_emulated)

@@ -394,16 +394,26 @@ def test_retries_run_out_into_the_error_file(batch_proxy: MakeProxy, fake: Fake)
 
 
 @pytest.mark.parametrize(
-    ("method", "path"),
-    [("POST", "/v1/files/file-x/content"), ("PUT", "/v1/files"), ("DELETE", "/v1/batches/b")],
+    ("method", "path", "status"),
+    [
+        ("POST", "/v1/files/file-x/content", 405),
+        ("PUT", "/v1/files", 405),
+        ("DELETE", "/v1/batches/b", 405),
+        ("GET", "/v1/files/file-x/other", 404),
+        ("POST", "/v1/batches/b/retry", 404),
+    ],
 )
 def test_other_methods_on_emulated_routes_never_reach_the_upstream(
-    batch_proxy: MakeProxy, fake: Fake, method: str, path: str
+    batch_proxy: MakeProxy, fake: Fake, method: str, path: str, status: int
 ) -> None:
-    """Files and batches live in this proxy: a method it does not emulate is a 404 here, not a
-    request to the default upstream with the client's key about an id it never saw."""
+    """Files and batches live in this proxy: another method on one of its routes is a 405, and
+    another path under them a 404, here, never a request to the default upstream with the
+    client's key about an id it never saw."""
     proxy = batch_proxy()
     raw = http.request(method, f"{proxy.url}{path}", b"", {"Authorization": "Bearer sk-a"})
-    assert raw.status == 404 and raw.json()["error"]["type"] == "invalid_request_error"
-    assert f"{method} {path}" in raw.json()["error"]["message"]
+    assert raw.status == status and raw.json()["error"]["type"] == "invalid_request_error"
+    if status == 404:
+        assert f"{method} {path}" in raw.json()["error"]["message"]
+    else:
+        assert raw.headers["allow"]
     assert fake.state.requests == []
