@@ -26,6 +26,7 @@ from ..call import Call, Next
 from ..config import Settings
 from ..errors import ProxyError, StoreUnavailable, UpstreamError
 from ..handlers.proxy import ProxyDoor
+from ..jobs.dispatch import Dispatcher
 from ..jobs.limits import RateLimiter, estimate_tokens
 from ..jobs.worker import MAX_RETRY_AFTER_S, RETRY_STATUSES, retry_after_s
 from ..redis_client import raise_if_cancelled
@@ -107,7 +108,7 @@ def _error_line(custom_id: str, code: str | None, message: str) -> bytes:
     )
 
 
-class BatchRunner:
+class BatchRunner(Dispatcher):
     def __init__(
         self,
         *,
@@ -128,36 +129,17 @@ class BatchRunner:
         self.limiter = limiter
         self.slots = asyncio.Semaphore(self.settings.concurrency)
         self.owner = secrets.token_hex(4)
-        self._changed = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        super().__init__()
         self._controls: dict[str, _Control] = {}
         self._heartbeat_s = min(self.settings.lease_s / 3, 1.0)
-        self._stopping = False
 
     # --- dispatch ---------------------------------------------------------------------------
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._changed.set()
-
-    def wake(self) -> None:
-        self._changed.set()
 
     def cancel_local(self, batch_id: str) -> None:
         """Stop admitting the batch's lines at once if this replica runs it."""
         control = self._controls.get(batch_id)
         if control is not None:
             control.cancel.set()
-
-    async def run(self) -> None:
-        """Claim and run batches until stopped; cancelling it hands running batches back."""
-        try:
-            while not self._stopping:
-                await self._dispatch_once()
-        finally:
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _dispatch_once(self) -> None:
         free = self.settings.max_running - len(self._tasks)
@@ -176,18 +158,10 @@ class BatchRunner:
             await asyncio.sleep(self.settings.poll_interval_s)
             return
         for batch in batches:
-            task = asyncio.create_task(self._own(batch), name=f"batch-{batch.id}")
-            self._tasks.add(task)
-            task.add_done_callback(self._task_done)
+            self._start(self._own(batch), name=f"batch-{batch.id}")
         if len(batches) == free:
             return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.settings.poll_interval_s):
-                await self._changed.wait()
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._changed.set()
+        await self._wait_for_change(self.settings.poll_interval_s)
 
     async def _own(self, batch: Batch) -> None:
         """Run one batch while renewing its lease; hand it back if this replica stops."""

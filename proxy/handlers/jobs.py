@@ -14,12 +14,14 @@ from ..call import Call
 from ..errors import InvalidRequest, NotFound, PayloadTooLarge
 from ..jobs.models import Job
 from ..jobs.service import JobService, Submission, check_options
-from ..keys import DOOR, IDENTITY, JOBS
+from ..keys import BATCHES, DOOR, IDENTITY, JOBS
 from .proxy import parse_json_object
 
 __all__ = ["add_routes", "async_door"]
 
 _FIELDS = frozenset({"endpoint", "body", "run_after", "callback_url", "metadata"})
+#: Served by the proxy itself in ``batches.mode: emulate``.
+_EMULATED = ("/v1/files", "/v1/batches")
 _STATUSES = frozenset({"queued", "in_progress", "completed", "failed", "cancelled"})
 #: ``/v1`` and plain path segments: no ``.``/``..`` (the upstream URL would climb out of
 #: ``/v1``), no percent escapes, query or fragment.
@@ -60,13 +62,14 @@ async def async_door(request: web.Request, call: Call) -> web.StreamResponse:
     return _accepted(job, created, {"Preference-Applied": "respond-async"})
 
 
-def _endpoint(data: dict[str, Any]) -> str:
+def _endpoint(data: dict[str, Any], *, local: tuple[str, ...]) -> str:
+    """``local``: the proxy's own route families besides jobs (the emulated files and batches),
+    which a job would send to the upstream instead."""
     endpoint = data.get("endpoint")
     if (
         not isinstance(endpoint, str)
         or not _ENDPOINT.fullmatch(endpoint)
-        or endpoint == "/v1/jobs"
-        or endpoint.startswith("/v1/jobs/")
+        or any(endpoint == p or endpoint.startswith(p + "/") for p in ("/v1/jobs", *local))
     ):
         raise InvalidRequest(
             "'endpoint' must be a POST route of this proxy, e.g. '/v1/chat/completions'",
@@ -96,7 +99,7 @@ async def submit(request: web.Request) -> web.StreamResponse:
     call = request.app[DOOR].build_call(
         identity=identity,
         method="POST",
-        path=_endpoint(data),
+        path=_endpoint(data, local=_EMULATED if request.app[BATCHES] is not None else ()),
         headers=request.headers,
         body=orjson.dumps(body),
         data=body,

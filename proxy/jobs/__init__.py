@@ -1,8 +1,9 @@
 """Asynchronous jobs: accept now, forward later through the pipeline, never lose one.
 
 See ``docs/jobs.md``. The parts: :mod:`.models` (the job record), :mod:`.store` (the contract)
-with :mod:`.memory` and :mod:`.redis`, :mod:`.worker` (claim, run, retry, record),
-:mod:`.limits` (per-upstream rate limits), :mod:`.webhooks` and :mod:`.service`.
+with :mod:`.memory` and :mod:`.redis`, :mod:`.worker` (claim, run, retry, record; its claim loop,
+:mod:`.dispatch`, is the batch runner's too), :mod:`.limits` (per-upstream rate limits),
+:mod:`.webhooks` and :mod:`.service`.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from ..errors import ProxyError, StoreUnavailable, UpstreamError
 from ..handlers.proxy import ProxyDoor
 from ..metrics import Metrics
 from ..redis_client import raise_if_cancelled
+from .dispatch import Dispatcher
 from .limits import RateLimiter, estimate_tokens
 from .models import CANCELLED, Job, JobStatus
 from .store import JobStore, Lease
@@ -125,7 +126,7 @@ def _proxy_error(exc: ProxyError) -> dict[str, Any]:
     return {"error": {"message": exc.message, "type": exc.type, "code": exc.code}}
 
 
-class Worker:
+class Worker(Dispatcher):
     def __init__(
         self,
         *,
@@ -145,21 +146,10 @@ class Worker:
         self.metrics = metrics
         self.on_finished = on_finished
         self.owner = secrets.token_hex(4)
-        self._changed = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        super().__init__()
         self._work: dict[str, asyncio.Task[Outcome]] = {}
         self._cancel_asked: set[str] = set()
         self._heartbeat_s = min(settings.lease_s / 3, 1.0)
-        self._stopping = False
-
-    def stop(self) -> None:
-        """Leave the dispatch loop at its next turn (and wake it for that turn)."""
-        self._stopping = True
-        self._changed.set()
-
-    def wake(self) -> None:
-        """Something changed (a job submitted here, a slot freed): look at the queue now."""
-        self._changed.set()
 
     def cancel_local(self, job_id: str) -> None:
         """Abort the job's upstream call at once if it runs in this replica."""
@@ -167,16 +157,6 @@ class Worker:
         if work is not None:
             self._cancel_asked.add(job_id)
             work.cancel()
-
-    async def run(self) -> None:
-        """The dispatcher; cancelling it releases every running job back to the queue."""
-        try:
-            while not self._stopping:
-                await self._dispatch_once()
-        finally:
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _dispatch_once(self) -> None:
         free = self.settings.concurrency - len(self._tasks)
@@ -200,21 +180,16 @@ class Worker:
             self.metrics.jobs.labels(status="in_progress").inc()
             if job.attempts == 1:
                 self.metrics.job_wait_seconds.observe(max(0.0, now - job.score))
-            task = asyncio.create_task(self._run(job))
-            self._tasks.add(task)
-            task.add_done_callback(self._task_done)
+            self._start(self._run(job))
         if len(jobs) == free:
             return
         timeout = self.settings.poll_interval_s
         if next_due is not None:
             timeout = min(timeout, max(0.0, next_due - time.time()))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._changed.wait()
+        await self._wait_for_change(timeout)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._changed.set()
+        super()._task_done(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("job task failed", exc_info=task.exception())
 

@@ -221,6 +221,9 @@ def test_submission_is_validated_before_202(jobs_proxy: JobsProxy, fake: Fake) -
         {"endpoint": "/v1/chat/completions", "body": {**CHAT, "stream": True}},
         {"endpoint": "/v1/chat/completions", "body": [1]},
         {"endpoint": "/v1/jobs", "body": CHAT},
+        # Emulated here (batches.mode: emulate): a job would ask the upstream instead.
+        {"endpoint": "/v1/files", "body": {}},
+        {"endpoint": "/v1/batches", "body": {"input_file_id": "file-x"}},
         {"endpoint": "chat", "body": CHAT},
         {"endpoint": "/v1/chat/completions", "body": CHAT, "run_after": "soon"},
         {"endpoint": "/v1/chat/completions", "body": CHAT, "metadata": {"k": 1}},

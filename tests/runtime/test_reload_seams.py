@@ -28,6 +28,12 @@ def sdk(s: Any) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{s.live.url}/v1", api_key=key, max_retries=0)
 
 
+def run_a_job(s: Any, what: str) -> None:
+    job = s.post("/v1/jobs", {"endpoint": "/v1/chat/completions", "body": CHAT}).json()
+    url = f"{s.live.url}/v1/jobs/{job['id']}"
+    wait_until(lambda: http.get(url, headers=AUTH).json()["status"] == "completed", what)
+
+
 def create_batch(client: openai.OpenAI, file_id: str) -> str:
     return client.batches.create(
         input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
@@ -130,14 +136,7 @@ def test_only_the_current_generation_takes_background_work(served: Any, fake: Fa
     assert old.active == 1 and s.runtime.generations == 2
     running = s.bg.run(_tasks())
     assert running.count("jobs-dispatcher") == running.count("batch-runner") == 1
-    job = s.post("/v1/jobs", {"endpoint": "/v1/chat/completions", "body": CHAT}).json()
-    wait_until(
-        lambda: (
-            http.get(f"{s.live.url}/v1/jobs/{job['id']}", headers=AUTH).json()["status"]
-            == "completed"
-        ),
-        "the job done by the new generation",
-    )
+    run_a_job(s, "the job done by the new generation")
 
     fake.live.bg.call(gate.set)
     assert held.result().rstrip().endswith(b"data: [DONE]")
@@ -150,14 +149,7 @@ def test_memory_rate_limits_hold_across_a_reload(served: Any, fake: Fake) -> Non
     second set of buckets running beside the first)."""
     config = base(fake, jobs={"rate_limit": {"fake": {"requests_per_minute": 1}}, **FAST["jobs"]})
     s = served(config)
-    job = s.post("/v1/jobs", {"endpoint": "/v1/chat/completions", "body": CHAT}).json()
-    wait_until(
-        lambda: (
-            http.get(f"{s.live.url}/v1/jobs/{job['id']}", headers=AUTH).json()["status"]
-            == "completed"
-        ),
-        "the first job, within the burst",
-    )
+    run_a_job(s, "the first job, within the burst")
 
     s.reload({**config, "routing": {"model_aliases": {"a": "gpt-4o"}}})
     buckets = s.runtime.current.app[JOBS].worker.limiter._buckets
