@@ -109,6 +109,19 @@ VARIANTS: dict[str, Variant] = {
         "proxy, 1 worker, cache off, request log and metrics off",
         config={**_PASS, **_QUIET},
     ),
+    "proxy-metrics-only": Variant(
+        "proxy",
+        "proxy, 1 worker, cache off, metrics on, request log off",
+        config={**_PASS, "server": {"access_log": False}},
+    ),
+    "proxy-log-only": Variant(
+        "proxy",
+        "proxy, 1 worker, cache off, JSON request log to a file, metrics off",
+        config={
+            **_PASS,
+            "server": {"access_log": True, "log_format": "json", "request_metrics": False},
+        },
+    ),
     "proxy-w1": Variant(
         "proxy",
         "proxy, 1 worker, defaults, cache off, jobs off",
