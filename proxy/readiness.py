@@ -90,7 +90,6 @@ class Readiness:
         """Report ``part`` as degraded whenever ``check`` names a problem."""
         self._checks[part] = check
 
-    __setitem__ = add_check  # ``app[READINESS][part] = check``, the form used before
 
     def watch(
         self,
