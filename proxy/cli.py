@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -151,6 +152,22 @@ def _port(value: str) -> int:
     return port
 
 
+#: The cyclic collector's youngest-generation threshold while serving (CPython's default is 700).
+#: Every request allocates many tracked objects (its task, futures, dicts, headers), so at the
+#: default the young generation was collected every few requests, ~15% of a pass-through
+#: request's CPU. Objects freed by their reference count (nearly all of a request's) go at once
+#: either way; only cyclic garbage waits a little longer.
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def tune_gc() -> None:
+    """Before serving: move what start-up made (modules, settings) out of the collector's sight
+    (it lives as long as the process), and collect the young generation less often."""
+    gc.freeze()
+    _young, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 def _run(
     settings: Settings,
     host: str,
@@ -173,6 +190,7 @@ def _run(
         draining=shared.draining,
         on_reload=runtime.reload,
     )
+    tune_gc()
     with asyncio.Runner(loop_factory=_LOOP_FACTORY) as runner:
         runner.run(coro)
 

@@ -90,7 +90,6 @@ class Readiness:
         """Report ``part`` as degraded whenever ``check`` names a problem."""
         self._checks[part] = check
 
-
     def watch(
         self,
         part: str,

@@ -99,6 +99,10 @@ class ProxyDoor:
                 f"Request body of {length} bytes is larger than the limit of "
                 f"{self.max_body_bytes} bytes"
             )
+        if request.content.is_eof():
+            # Already all here (a small body comes in the same packet as its headers): nothing
+            # to wait for, so no timer to arm and cancel.
+            return await request.read()
         try:
             async with asyncio.timeout(self.body_read_timeout_s):
                 return await request.read()
