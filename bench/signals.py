@@ -21,12 +21,10 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ import aiohttp
 import yaml
 
 from bench._aio import run
+from bench._proc import free_port, stop_group, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -64,26 +63,6 @@ class Outcome:
             "applied": self.applied,
             "proxy_exit_code": self.exit_code,
         }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        time.sleep(0.05)
-    raise RuntimeError(f"not ready at {url}")
 
 
 def proxy_config(upstream_port: int, port: int, alias: str) -> dict[str, Any]:
@@ -166,8 +145,8 @@ def run_signals(
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        stack.callback(_end, upstream)
-        wait_ready(f"http://{HOST}:{up_port}/v1/models", upstream)
+        stack.callback(stop_group, upstream)
+        wait_http(f"http://{HOST}:{up_port}/v1/models", upstream)
         config = Path(tmp) / "proxy.yaml"
         config.write_text(yaml.safe_dump(proxy_config(up_port, port, "gpt-4o")))
         log = (Path(tmp) / "proxy.log").open("wb")
@@ -179,8 +158,8 @@ def run_signals(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        stack.callback(_end, proxy)
-        wait_ready(f"http://{HOST}:{port}/healthz", proxy)
+        stack.callback(stop_group, proxy)
+        wait_http(f"http://{HOST}:{port}/healthz", proxy)
         state: dict[str, Any] = {"done": False, "stopped_at": None}
 
         async def reload_driver() -> None:
@@ -210,17 +189,6 @@ def run_signals(
         if mode == "reload" and "reload refused" in text:
             out.failed["reload refused"] += text.count("reload refused")
     return out
-
-
-def _end(proc: subprocess.Popen[bytes]) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(10)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def main(argv: list[str] | None = None) -> None:

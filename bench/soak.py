@@ -42,7 +42,6 @@ import random
 import re
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -59,6 +58,7 @@ import orjson
 import yaml
 
 from bench._aio import run
+from bench._proc import free_port, stop_group, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -250,13 +250,6 @@ def _resource_problems(report: Report) -> list[str]:
 # --- processes ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def raise_fd_limit(needed: int) -> None:
     """Raise this process's (and so its children's) soft RLIMIT_NOFILE to the hard limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -266,19 +259,6 @@ def raise_fd_limit(needed: int) -> None:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < needed:
         raise RuntimeError(f"RLIMIT_NOFILE is {soft}; {needed} connections need more")
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        time.sleep(0.05)
-    raise RuntimeError(f"not ready at {url}")
 
 
 class Redis:
@@ -347,15 +327,8 @@ class Redis:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _end(proc: subprocess.Popen[bytes]) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(20)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    stop_group(proc, grace_s=20)
 
 
 def proxy_config(s: SoakSettings, *, port: int, upstream_port: int, redis_port: int) -> Any:
@@ -726,7 +699,7 @@ def _processes(s: SoakSettings, tmp: Path) -> Iterator[Processes]:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        stack.callback(_end, upstream)
+        stack.callback(_stop, upstream)
         wait_http(f"http://{HOST}:{up_port}/v1/models", upstream)
         config = tmp / "proxy.yaml"
         doc = proxy_config(s, port=port, upstream_port=up_port, redis_port=redis.port)
@@ -740,7 +713,7 @@ def _processes(s: SoakSettings, tmp: Path) -> Iterator[Processes]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        stack.callback(_end, proxy)
+        stack.callback(_stop, proxy)
         wait_http(f"http://{HOST}:{port}/healthz", proxy)
         yield proxy, redis, {"port": port, "upstream_port": up_port, "redis_port": redis.port}
 

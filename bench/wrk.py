@@ -23,20 +23,18 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from bench._proc import free_port, stop_group, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -138,13 +136,6 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def _child(argv: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
@@ -156,39 +147,14 @@ def _child(argv: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]
         try:
             yield proc
         finally:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, sig)
-                try:
-                    proc.wait(10)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-
-
-def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 30) -> None:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{argv0(proc)} exited:\n{log.read_text(errors='replace')[-3000:]}")
-        with contextlib.suppress(OSError):
-            with opener.open(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        time.sleep(0.05)
-    raise RuntimeError(f"not ready at {url}")
-
-
-def argv0(proc: subprocess.Popen[bytes]) -> str:
-    return str(proc.args[0] if isinstance(proc.args, list) else proc.args)  # type: ignore[index]
+            stop_group(proc)
 
 
 @contextlib.contextmanager
 def nginx(workdir: Path) -> Iterator[int]:
     """nginx answering every request with a fixed chat completion, one worker process."""
     exe = shutil.which("nginx") or "/usr/sbin/nginx"
-    port = _free_port()
+    port = free_port()
     body = CHAT_BODY.replace("\\", "\\\\").replace("'", "\\'")
     conf = workdir / "nginx.conf"
     conf.write_text(
@@ -216,7 +182,7 @@ http {{
     )
     with _child([exe, "-e", str(workdir / "nginx-error.log"), "-p", str(workdir), "-c", str(conf)],
                 workdir / "nginx.log") as proc:  # fmt: skip
-        _wait_http(f"http://{HOST}:{port}/healthz", proc, workdir / "nginx.log")
+        wait_http(f"http://{HOST}:{port}/healthz", proc, log=workdir / "nginx.log")
         yield port
 
 
@@ -228,7 +194,7 @@ def target(
     if variant.kind == "direct":
         yield f"http://{HOST}:{nginx_port}"
         return
-    port = _free_port()
+    port = free_port()
     config: dict[str, Any] = {
         "server": {"host": HOST, "port": port},
         "upstreams": [{"name": "nginx", "base_url": f"http://{HOST}:{nginx_port}/v1"}],
@@ -243,7 +209,7 @@ def target(
     argv += variant.args
     log = workdir / f"{safe}.log"
     with _child(argv, log) as proc:
-        _wait_http(f"http://{HOST}:{port}/healthz", proc, log)
+        wait_http(f"http://{HOST}:{port}/healthz", proc, log=log)
         yield f"http://{HOST}:{port}"
 
 
