@@ -183,7 +183,8 @@ def tls_redis() -> Iterator[TlsRedis]:
 
 def _config(url: str, **redis_settings: Any) -> dict[str, Any]:
     return {
-        "redis": {"url": url, "key_prefix": PREFIX, **redis_settings},
+        # A new TLS connection (a handshake) on a loaded 2-core machine may take a while.
+        "redis": {"url": url, "key_prefix": PREFIX, "op_timeout_ms": 3000, **redis_settings},
         "cache": {"backend": "redis"},
         "jobs": {"store": "redis", "poll_interval_s": 0.05},
     }
@@ -221,7 +222,7 @@ async def exercise(
     assert finished(b.url, job["id"])["status"] == "completed"  # b reads what a's worker stored
     assert calls(fake, CHAT) == 2
 
-    set_state(bg, fake, latency_ms=400)
+    set_state(bg, fake, latency_ms=1000)
     first = asyncio.create_task(_post(a, _chat("one flight")))
     await wait_until(lambda: fake.state.in_flight == 1)
     (s1, b1, _), (s2, b2, h2) = await asyncio.gather(first, _post(b, _chat("one flight")))
