@@ -21,6 +21,7 @@ from .handlers.health import healthz, metrics_handler, readyz
 from .handlers.models import model_handler, models_ctx, models_handler
 from .handlers.openapi import add_openapi_route
 from .handlers.proxy import ProxyDoor, proxy_handler
+from .http1 import Pool
 from .jobs import add_job_routes, jobs_ctx
 from .keys import (
     AUTH,
@@ -112,6 +113,20 @@ async def _close_session(session: aiohttp.ClientSession) -> None:
     await session.close()
 
 
+def _open_pool(up: UpstreamSettings) -> Pool:
+    return Pool(
+        up.base_url,
+        limit=up.max_connections,
+        connect_timeout_s=up.connect_timeout_s,
+        read_timeout_s=up.first_byte_timeout_s,
+        total_timeout_s=up.total_timeout_s,
+    )
+
+
+async def _close_pool(pool: Pool) -> None:
+    await pool.close()
+
+
 async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
     """One pooled keep-alive session per upstream, for the life of the app (and across a
     reload that leaves the upstream's address and pool size as they were)."""
@@ -123,7 +138,12 @@ async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
             session = await stack.enter_async_context(
                 app[RESOURCES].use(key, partial(_open_session, up), _close_session)
             )
-            upstreams.append(Upstream(up, session, errors=app[METRICS].upstream_errors))
+            timeouts = (up.connect_timeout_s, up.first_byte_timeout_s, up.total_timeout_s)
+            pool = await stack.enter_async_context(
+                app[RESOURCES].use((*key, "pool", timeouts), partial(_open_pool, up), _close_pool)
+            )
+            upstream = Upstream(up, session, pool=pool, errors=app[METRICS].upstream_errors)
+            upstreams.append(upstream)
         app[ROUTER] = Router(settings, upstreams)
         yield
 

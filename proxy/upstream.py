@@ -17,7 +17,8 @@ from yarl import URL
 from .auth import credential_header
 from .call import Call, Reply
 from .config import Settings, UpstreamSettings
-from .errors import ModelNotFound, NotFound, UpstreamError, UpstreamTimeout
+from .errors import InvalidRequest, ModelNotFound, NotFound, UpstreamError, UpstreamTimeout
+from .http1 import Answer, Pool, is_streamed
 
 __all__ = ["Router", "Upstream", "forward_headers", "reply_headers"]
 
@@ -74,22 +75,28 @@ def reply_headers(headers: CIMultiDictProxy[str] | Mapping[str, str]) -> CIMulti
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
 
 
-def _is_streamed(content_type: str) -> bool:
-    """Event streams and binary bodies are passed through as they arrive; JSON is read whole."""
-    if not content_type:
-        return False
-    ctype = content_type.split(";", 1)[0].strip().lower()
-    return ctype == "text/event-stream" or not (ctype.endswith("json") or ctype.startswith("text/"))
+def _reply_pairs(pairs: list[tuple[str, str]]) -> CIMultiDict[str]:
+    """:func:`reply_headers` of headers as the lean client gives them (in order, as pairs)."""
+    drop = _REPLY_DROP
+    for name, value in pairs:
+        if name.lower() == "connection":
+            drop = drop | {t.strip().lower() for t in value.split(",")}
+    return CIMultiDict((k, v) for k, v in pairs if k.lower() not in drop)
 
 
 class Upstream:
-    """One OpenAI-compatible server and the pooled session that talks to it."""
+    """One OpenAI-compatible server and the pooled connections that talk to it.
+
+    Requests with a body in hand go through ``pool``, the lean client of :mod:`proxy.http1`;
+    ``session`` (aiohttp's client) carries request bodies streamed from the client, and ``HEAD``.
+    """
 
     def __init__(
         self,
         settings: UpstreamSettings,
         session: aiohttp.ClientSession,
         *,
+        pool: Pool | None = None,
         errors: Counter | None = None,
     ) -> None:
         self.settings = settings
@@ -97,6 +104,7 @@ class Upstream:
         self._errors = errors
         self.name = settings.name
         self.session = session
+        self.pool = pool
         self.base_url = settings.base_url
         self._auth = _own_key_header(settings)
         self._pass_client_key = settings.pass_client_key
@@ -117,8 +125,7 @@ class Upstream:
         )
 
     def url(self, path: str, query: str = "") -> str:
-        # Client paths start with /v1; the base URL already ends where /v1 would be.
-        rest = path[3:] if path.startswith("/v1") else path
+        rest = _rest(path)
         return f"{self.base_url}{rest}?{query}" if query else f"{self.base_url}{rest}"
 
     def forwards_client_key(self, credential: str | None) -> bool:
@@ -146,6 +153,9 @@ class Upstream:
         """Send ``call`` and return the reply: event streams and binary bodies (and every reply
         with ``stream_reply``) as a stream of chunks, JSON read whole."""
         started, call.note.upstream = time.perf_counter(), self.name
+        body = call.body if data is None else data
+        if self.pool is not None and isinstance(body, bytes) and call.method != "HEAD":
+            return await self._send_lean(self.pool, call, body, stream_reply, started)
         try:
             resp = await self.session.request(
                 call.method,
@@ -161,8 +171,9 @@ class Upstream:
         if resp.status >= 400 and self._errors is not None:  # answered, but with a refusal
             self._errors.labels(upstream=self.name, kind=f"http_{resp.status // 100}xx").inc()
         headers = reply_headers(resp.headers)
-        if stream_reply or _is_streamed(resp.headers.get("Content-Type", "")):
-            return Reply(resp.status, headers, stream=_Chunks(resp, self), closer=_closer(resp))
+        if stream_reply or is_streamed(resp.headers.get("Content-Type", "")):
+            stream = _Chunks(resp.content, self)
+            return Reply(resp.status, headers, stream=stream, closer=_closer(resp))
         try:
             body = await resp.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -170,6 +181,32 @@ class Upstream:
         finally:
             resp.release()
         return Reply(resp.status, headers, body=body)
+
+    async def _send_lean(
+        self, pool: Pool, call: Call, body: bytes, stream_reply: bool, started: float
+    ) -> Reply:
+        target = f"{_rest(call.path)}?{call.query}" if call.query else _rest(call.path)
+        try:
+            answer = await pool.request(
+                call.method, target, self.request_headers(call), body, stream_reply=stream_reply
+            )
+        except ValueError as exc:  # a header that would split the request
+            raise InvalidRequest("A request header holds a line break") from exc
+        except (TimeoutError, OSError) as exc:
+            answered = getattr(exc, "answered", False)
+            raise self.failure(exc, "broken" if answered else "unreachable") from exc
+        status = answer.status
+        call.note.answered(self.name, status, started)
+        if status >= 400 and self._errors is not None:  # answered, but with a refusal
+            self._errors.labels(upstream=self.name, kind=f"http_{status // 100}xx").inc()
+        if answer.stream is None:
+            return Reply(status, _reply_pairs(answer.headers), body=answer.body)
+        return Reply(
+            status,
+            _reply_pairs(answer.headers),
+            stream=_Chunks(answer.stream, self),
+            closer=_lean_closer(answer),
+        )
 
     def failure(self, exc: BaseException, kind: str) -> UpstreamError:
         """The proxy's error for a failed exchange, counted: a timeout is 504, the rest 502."""
@@ -192,6 +229,20 @@ def _own_key_header(settings: UpstreamSettings) -> tuple[str, str] | None:
     if settings.auth_header == "api-key":
         return "api-key", settings.api_key
     return "Authorization", f"Bearer {settings.api_key}"
+
+
+def _rest(path: str) -> str:
+    """Client paths start with /v1; an upstream's base URL already ends where /v1 would be."""
+    return path[3:] if path.startswith("/v1") else path
+
+
+def _lean_closer(answer: Answer) -> Any:
+    async def close() -> None:
+        # A body read to its end gives the connection back; an unfinished one closes it.
+        assert answer.stream is not None
+        answer.stream.close()
+
+    return close
 
 
 def _has_glob(pattern: str) -> bool:
@@ -218,8 +269,9 @@ class _Chunks:
 
     __slots__ = ("_content", "_upstream")
 
-    def __init__(self, resp: aiohttp.ClientResponse, upstream: Upstream) -> None:
-        self._content = resp.content
+    def __init__(self, content: Any, upstream: Upstream) -> None:
+        #: aiohttp's ``StreamReader`` or the lean client's ``Body``: both have ``readany``.
+        self._content = content
         self._upstream = upstream
 
     def __aiter__(self) -> _Chunks:
@@ -227,7 +279,7 @@ class _Chunks:
 
     async def __anext__(self) -> bytes:
         try:
-            chunk = await self._content.readany()
+            chunk: bytes = await self._content.readany()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._upstream.failure(exc, "broken") from exc
         if not chunk:
