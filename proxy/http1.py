@@ -130,6 +130,7 @@ class _Connection(asyncio.Protocol):
         self._stream_reply = False
         self._streaming = False
         self._got_bytes = False
+        self._got_body = False
         self._headers_done = False
         self._complete = False
         self._framed = False
@@ -164,15 +165,16 @@ class _Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(BadAnswer("the upstream switched protocols"))
-        except BadAnswer as exc:  # raised by a callback below
-            self._fail(exc)
+        except httptools.HttpParserCallbackError as exc:  # a callback below refused the answer
+            cause = exc.__context__
+            self._fail(cause if isinstance(cause, BadAnswer) else BadAnswer(str(exc)))
         except httptools.HttpParserError as exc:
             self._fail(BadAnswer(f"the upstream's answer is not valid HTTP/1.1 ({exc})"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._pool.forget(self)
-        if not self._busy or self._complete:
+        if not self._busy or self._complete or self._exc is not None:
             return
         if self._headers_done and not self._framed and exc is None:
             # Neither Content-Length nor chunked: the body ends where the connection does.
@@ -198,6 +200,8 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if not self._busy or self._complete:
+            raise BadAnswer("the upstream sent more than one answer")
         self._headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -228,6 +232,7 @@ class _Connection(asyncio.Protocol):
             self._resolve(Answer(status, self._headers, stream=Body(self)))
 
     def on_body(self, data: bytes) -> None:
+        self._got_body = True
         if self._decoder is not None:
             try:
                 data = self._decoder.decompress(data)
@@ -257,6 +262,8 @@ class _Connection(asyncio.Protocol):
                 ) from exc
             if tail:
                 self._chunks.append(tail)
+            if self._got_body and not self._decoder.eof:
+                raise BadAnswer("the upstream's compressed answer is cut short")
         self._complete = True
         self._stop_timer()
         if self._streaming:
@@ -278,6 +285,7 @@ class _Connection(asyncio.Protocol):
         self._streaming = self._got_bytes = self._headers_done = self._complete = False
         self._framed = self._keep_alive = self._paused = False
         self._chunks, self._buffered, self._decoder, self._exc = [], 0, None, None
+        self._got_body = False
         self._waiter = waiter = self._loop.create_future()
         if len(body) < _JOIN_BELOW:
             transport.write(head + body)
@@ -287,7 +295,12 @@ class _Connection(asyncio.Protocol):
         try:
             answer: Answer = await waiter
         except asyncio.CancelledError:
-            self.abort()
+            if self._waiter is waiter:
+                self.abort()
+            elif waiter.done() and not waiter.cancelled():
+                stream = waiter.result().stream
+                if stream is not None:  # handed over, never to be read
+                    stream.close()
             raise
         return answer
 
@@ -319,6 +332,13 @@ class _Connection(asyncio.Protocol):
         self._stop_timer()
         if self._complete and self._keep_alive and self._exc is None and self.transport:
             self._pool.release(self)
+        else:
+            self.abort()
+
+    def close(self) -> None:
+        """The pool is closing: an exchange in progress fails, an idle connection just closes."""
+        if self._busy:
+            self._fail(ConnectionError("the upstream's connection pool is closed"))
         else:
             self.abort()
 
@@ -497,12 +517,15 @@ class Pool:
             waiter: asyncio.Future[_Connection | None] = self.loop.create_future()
             self._waiters.append(waiter)
             try:
-                handed = await waiter
-            except asyncio.CancelledError:
+                # At the limit for longer than a whole exchange may take: give up.
+                async with asyncio.timeout(self.total_timeout_s):
+                    handed = await waiter
+            except (asyncio.CancelledError, TimeoutError):
                 if waiter.done() and not waiter.cancelled():
                     self._pass_on(waiter.result())
                 else:
-                    self._waiters.remove(waiter)
+                    with contextlib.suppress(ValueError):  # gone if passed over already
+                        self._waiters.remove(waiter)
                 raise
             if handed is not None and handed.transport is not None:
                 handed.reused = True
@@ -561,7 +584,7 @@ class Pool:
         """Close every connection; requests in flight fail, new ones are refused."""
         self._closed = True
         for conn in list(self._open):
-            conn.abort()
+            conn.close()
         self._idle.clear()
         for waiter in self._waiters:
             if not waiter.done():

@@ -148,10 +148,10 @@ class Observer:
         if route == "/v1/models" and status == 200 and isinstance(response, web.Response):
             self._learn_models(response)
         if self.log is not None and self.log.enabled_for(status):
-            fields = self._fields(request, note, route, status, cache, latency, response)
+            fields = self._fields(request, note, status, cache, latency, response)
             if self.log_bodies:
                 _add_bodies(fields, note, response)
-            self.log.emit(fields)
+            self.log.emit_stamped(fields)
 
     def _count(
         self, route: str, note: Note, status: int, cache: str | None, latency: float
@@ -174,15 +174,18 @@ class Observer:
         self,
         request: web.Request,
         note: Note,
-        route: str,
         status: int,
         cache: str | None,
         latency: float,
         response: web.StreamResponse | None,
     ) -> dict[str, Any]:
+        """The request's log line, ``time`` and ``level`` first."""
+        assert self.log is not None
         identity = request.get(IDENTITY)
         coalesced = response.headers.get("X-Coalesced") if response is not None else None
         return {
+            "time": self.log.now(),
+            "level": "error" if status >= 500 else "info",
             "request_id": note.request_id,
             "tenant": identity.tenant if identity is not None else None,
             "method": request.method,
