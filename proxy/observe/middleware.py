@@ -7,6 +7,7 @@ last errors for ``/stats``. Probes, scrapes and the dashboard itself are not cou
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import time
@@ -25,6 +26,7 @@ from .logs import resolve_format
 from .note import MAX_REQUEST_ID, Note, RequestIds, close_note, open_note, request_id_from
 from .requestlog import MAX_LOGGED_BODY_BYTES, RequestLog, query_names
 from .stats import Stats
+from .tally import Tally
 
 __all__ = ["NOTE", "QUIET_PATHS", "Observer", "Recent", "build_observer"]
 
@@ -79,6 +81,10 @@ class Observer:
         self._in_flight = metrics.in_flight
         self._saved_cache = metrics.calls_saved.labels(cause="cache")
         self._saved_dedup = metrics.calls_saved.labels(cause="dedup")
+        #: Requests that ended this loop turn: (request, note, response, status, end time).
+        self._seen: list[tuple[web.Request, Note, web.StreamResponse | None, int, float]] = []
+        self._scheduled = False
+        self._tally = Tally()
 
     # --- the HTTP side ---------------------------------------------------------------------
 
@@ -105,12 +111,31 @@ class Observer:
                 close_note(token)
                 if self.count:
                     self._in_flight.dec()
-                try:
-                    self.finish(request, note, response, status)
-                except Exception:  # the outermost place: seeing a request never breaks it
-                    log.exception("request log or metrics failed on %s", request.path)
+                self._seen.append((request, note, response, status, time.perf_counter()))
+                if not self._scheduled:
+                    self._scheduled = True
+                    asyncio.get_running_loop().call_soon(self.drain)
 
         return observe
+
+    def drain(self) -> None:
+        """Log and count the requests that ended since the last call, together.
+
+        Called once per event-loop turn: the lines and counts of a turn's requests are made in
+        one go, with the code and data warm, instead of each in the middle of its own request
+        (it measured cheaper), and the lines are written in one ``write``. Nothing of it happens
+        later than the next turn, before any new request is handled.
+        """
+        self._scheduled = False
+        seen, self._seen = self._seen, []
+        for request, note, response, status, ended in seen:
+            try:
+                self.finish(request, note, response, status, ended - note.start)
+            except Exception:  # the outermost place: seeing a request never breaks it
+                log.exception("request log or metrics failed on %s", request.path)
+        self._tally.fold()
+        if self.log is not None:
+            self.log.flush()
 
     def _request_id(self, request: web.Request) -> str:
         given = request.headers.get("X-Request-ID")
@@ -136,8 +161,8 @@ class Observer:
         note: Note,
         response: web.StreamResponse | None,
         status: int,
+        latency: float,
     ) -> None:
-        latency = time.perf_counter() - note.start
         route = self.routes.of(request)
         headers = response.headers if response is not None else None
         cache = headers.get("X-Cache") if headers is not None else None
@@ -151,7 +176,7 @@ class Observer:
             fields = self._fields(request, note, status, cache, latency, response)
             if self.log_bodies:
                 _add_bodies(fields, note, response)
-            self.log.emit_stamped(fields)
+            self.log.add(fields)
 
     def _count(
         self, route: str, note: Note, status: int, cache: str | None, latency: float
@@ -161,14 +186,14 @@ class Observer:
         child = self._requests.get(key)
         if child is None:
             child = self._requests[key] = self.metrics.requests.labels(*key)
-        child.inc()
-        _child(self._durations, self.metrics.request_seconds, route).observe(latency)
+        tally = self._tally
+        tally.inc(child)
+        tally.observe(_child(self._durations, self.metrics.request_seconds, route), latency)
         if note.upstream_s is not None and note.upstream is not None:
-            _child(self._upstream, self.metrics.upstream_seconds, note.upstream).observe(
-                note.upstream_s
-            )
+            upstream = _child(self._upstream, self.metrics.upstream_seconds, note.upstream)
+            tally.observe(upstream, note.upstream_s)
         if note.ttfb_s is not None:
-            _child(self._ttfb, self.metrics.ttfb_seconds, route).observe(note.ttfb_s)
+            tally.observe(_child(self._ttfb, self.metrics.ttfb_seconds, route), note.ttfb_s)
 
     def _fields(
         self,

@@ -95,9 +95,14 @@ class RequestLog:
         """The ``time`` field of a line made now."""
         return self._clock.now()
 
+    def add(self, line: dict[str, Any]) -> None:
+        """Queue one line that starts with its ``time`` and ``level`` already, for the caller's
+        next :meth:`flush`."""
+        self._pending.append(orjson.dumps(line, option=_NEWLINE) if self.json else _text(line))
+
     def emit_stamped(self, line: dict[str, Any]) -> None:
         """Queue one line that starts with its ``time`` and ``level`` already."""
-        self._pending.append(orjson.dumps(line, option=_NEWLINE) if self.json else _text(line))
+        self.add(line)
         if not self._scheduled:
             self._scheduled = True
             try:
@@ -110,6 +115,8 @@ class RequestLog:
         keeps such writes whole, so worker processes sharing stderr never split a line."""
         self._scheduled = False
         pending, self._pending = self._pending, []
+        if not pending:
+            return
         piece: list[bytes] = []
         size = 0
         for line in pending:
