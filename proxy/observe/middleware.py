@@ -85,6 +85,8 @@ class Observer:
         self._seen: list[tuple[web.Request, Note, web.StreamResponse | None, int, float]] = []
         self._scheduled = False
         self._tally = Tally()
+        #: Requests begun less those ended since the last drain (for the in-flight gauge).
+        self._live_change = 0
 
     # --- the HTTP side ---------------------------------------------------------------------
 
@@ -97,7 +99,10 @@ class Observer:
             request[NOTE] = note
             token = open_note(note)
             if self.count:
-                self._in_flight.inc()
+                self._live_change += 1
+                if not self._scheduled:  # the gauge moves by the next turn even if none ends
+                    self._scheduled = True
+                    asyncio.get_running_loop().call_soon(self.drain)
             response: web.StreamResponse | None = None
             status = _CLIENT_GONE
             try:
@@ -110,7 +115,7 @@ class Observer:
             finally:
                 close_note(token)
                 if self.count:
-                    self._in_flight.dec()
+                    self._live_change -= 1
                 self._seen.append((request, note, response, status, time.perf_counter()))
                 if not self._scheduled:
                     self._scheduled = True
@@ -119,7 +124,8 @@ class Observer:
         return observe
 
     def drain(self) -> None:
-        """Log and count the requests that ended since the last call, together.
+        """Log and count the requests that ended since the last call, together, and move the
+        in-flight gauge by the requests that began or ended.
 
         Called once per event-loop turn: the lines and counts of a turn's requests are made in
         one go, with the code and data warm, instead of each in the middle of its own request
@@ -134,6 +140,10 @@ class Observer:
             except Exception:  # the outermost place: seeing a request never breaks it
                 log.exception("request log or metrics failed on %s", request.path)
         self._tally.fold()
+        if self._live_change:
+            # One gauge change per turn for the requests that began and ended in it.
+            self._in_flight.inc(self._live_change)
+            self._live_change = 0
         if self.log is not None:
             self.log.flush()
 

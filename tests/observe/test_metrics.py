@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -15,6 +16,7 @@ from tests.conftest import Fake, ProxyFactory
 from tests.jobs.conftest import http as job_http
 from tests.jobs.conftest import wait_for
 from tests.support import http
+from tests.support.live import BackgroundLoop
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -148,3 +150,30 @@ def test_model_label_cap_and_sources() -> None:
     labels.learn(f"listed-{i}" for i in range(10))  # room for two more
     assert labels.of("listed-0") == "listed-0" and labels.of("listed-1") == "listed-1"
     assert labels.of("listed-2") == "other"
+
+
+def test_requests_in_flight_counts_held_streams_then_none(
+    make_proxy: ProxyFactory, fake: Fake, bg: BackgroundLoop
+) -> None:
+    """The gauge moves once per loop turn: it shows requests that began and have not ended,
+    also when none ends meanwhile."""
+    proxy = make_proxy({"cache": {"enabled": False}})
+    gate = bg.run(_new_event())
+    bg.call(lambda: setattr(fake.state, "stream_gate", gate))
+    url = f"{proxy.base_url}/chat/completions"
+
+    def stream(i: int) -> int:
+        body = {**CHAT, "stream": True, "messages": [{"role": "user", "content": f"held {i}"}]}
+        return http.post(url, body).status
+
+    in_flight = "llm_proxy_requests_in_flight"
+    with ThreadPoolExecutor(3) as pool:
+        held = [pool.submit(stream, i) for i in range(3)]
+        wait_for(lambda: value(scrape(proxy.url), in_flight) == 3, what="3 requests in flight")
+        bg.call(gate.set)
+        assert [f.result() for f in held] == [200, 200, 200]
+    wait_for(lambda: value(scrape(proxy.url), in_flight) == 0, what="none in flight")
+
+
+async def _new_event() -> asyncio.Event:
+    return asyncio.Event()
