@@ -97,6 +97,22 @@ class ServerSettings(_Section):
         return self.workers
 
 
+#: Headers an upstream's ``headers`` may not set: the proxy frames and decodes the exchange.
+_PROXY_OWNED_HEADERS = frozenset(
+    {
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "accept-encoding",
+        "expect",
+    }
+)
+
+
 class UpstreamSettings(_Section):
     name: str = Field(min_length=1)
     base_url: str
@@ -131,6 +147,19 @@ class UpstreamSettings(_Section):
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if name.lower() in _PROXY_OWNED_HEADERS:
+                raise ValueError(f"{name!r} is set by the proxy itself (framing and encoding)")
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+                raise ValueError(f"{name!r} is not a header name")
+        for text in value.values():
+            if "\r" in text or "\n" in text:
+                raise ValueError("a header value holds a line break")  # (value not echoed)
+        return value
 
 
 class RoutingSettings(_Section):

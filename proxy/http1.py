@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 import zlib
 from collections import deque
 from collections.abc import Mapping
@@ -41,6 +42,9 @@ KEEPALIVE_S = 15.0
 HIGH_WATER = 256 * 1024
 #: Methods that may be sent again when a reused connection turns out closed (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+#: An answer's headers beyond these are refused (aiohttp's client allows 8 KiB per line, 128).
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADERS = 256
 #: A request body goes out in one write with its head up to this size (one copy, one syscall).
 _JOIN_BELOW = 64 * 1024
 
@@ -57,6 +61,7 @@ class UpstreamClosed(ConnectionError):
 class BadAnswer(ConnectionError):
     """What came back is not HTTP/1.1 this client can read."""
 
+    #: Whether the status line and headers had arrived (then it is a broken answer).
     answered = False
 
 
@@ -84,6 +89,8 @@ class Answer:
     headers: list[tuple[str, str]]
     body: bytes | None = None
     stream: Body | None = None
+    #: ``time.perf_counter()`` when the status line and headers were in.
+    headers_at: float = 0.0
 
 
 class Body:
@@ -137,6 +144,8 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = False
         self._status = 0
         self._headers: list[tuple[str, str]] = []
+        self._header_bytes = 0
+        self._headers_at = 0.0
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._paused = False
@@ -179,7 +188,10 @@ class _Connection(asyncio.Protocol):
         if self._headers_done and not self._framed and exc is None:
             # Neither Content-Length nor chunked: the body ends where the connection does.
             self._keep_alive = False
-            self.on_message_complete()
+            try:
+                self.on_message_complete()
+            except BadAnswer as refused:  # e.g. a compressed body cut short
+                self._fail(refused)
         elif not self._got_bytes:
             self._fail(_NothingReceived())
         else:
@@ -190,6 +202,11 @@ class _Connection(asyncio.Protocol):
                     answered=self._headers_done,
                 )
             )
+
+    def eof_received(self) -> bool:
+        if not self._busy:  # the upstream closed an idle connection: out of the pool now
+            self.abort()
+        return False  # (an answer that ends with the connection completes in connection_lost)
 
     def pause_writing(self) -> None:  # a large request body: the transport buffers it
         pass
@@ -203,8 +220,14 @@ class _Connection(asyncio.Protocol):
         if not self._busy or self._complete:
             raise BadAnswer("the upstream sent more than one answer")
         self._headers = []
+        self._header_bytes = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._headers_done:
+            return  # a trailer after a chunked body: not passed on
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEADER_BYTES or len(self._headers) >= MAX_HEADERS:
+            raise BadAnswer("the upstream's answer has too many or too large headers")
         self._headers.append(
             (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
         )
@@ -215,6 +238,7 @@ class _Connection(asyncio.Protocol):
             return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
         self._status = status
         self._headers_done = True
+        self._headers_at = time.perf_counter()
         self._keep_alive = self._parser.should_keep_alive()
         content_type = ""
         for name, value in self._headers:
@@ -229,7 +253,9 @@ class _Connection(asyncio.Protocol):
             self._framed = True
         if self._stream_reply or is_streamed(content_type):
             self._streaming = True
-            self._resolve(Answer(status, self._headers, stream=Body(self)))
+            self._resolve(
+                Answer(status, self._headers, stream=Body(self), headers_at=self._headers_at)
+            )
 
     def on_body(self, data: bytes) -> None:
         self._got_body = True
@@ -270,16 +296,19 @@ class _Connection(asyncio.Protocol):
             self._wake_reader()
             return
         body = b"".join(self._chunks)
-        answer = Answer(self._status, self._headers, body=body)
+        answer = Answer(self._status, self._headers, body=body, headers_at=self._headers_at)
         self._chunks = []
         self.finish()
         self._resolve(answer)
 
     # -- the exchange -------------------------------------------------------------------------
 
-    async def exchange(self, head: bytes, body: bytes, *, stream_reply: bool) -> Answer:
+    async def exchange(
+        self, head: bytes, body: bytes, *, stream_reply: bool, deadline: float
+    ) -> Answer:
         transport = self.transport
-        if transport is None:  # closed between the pool and here
+        if transport is None or transport.is_closing():  # closed between the pool and here
+            self.abort()
             raise _NothingReceived()
         self._busy, self._stream_reply = True, stream_reply
         self._streaming = self._got_bytes = self._headers_done = self._complete = False
@@ -291,13 +320,13 @@ class _Connection(asyncio.Protocol):
             transport.write(head + body)
         else:
             transport.writelines((head, body))
-        self._arm()
+        self._arm(deadline)
         try:
             answer: Answer = await waiter
         except asyncio.CancelledError:
             if self._waiter is waiter:
                 self.abort()
-            elif waiter.done() and not waiter.cancelled():
+            elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 stream = waiter.result().stream
                 if stream is not None:  # handed over, never to be read
                     stream.close()
@@ -343,6 +372,10 @@ class _Connection(asyncio.Protocol):
             self.abort()
 
     def abort(self) -> None:
+        if self._busy and not self._complete and self._exc is None:
+            # A reader still waiting on this answer (another task) must not wait forever.
+            self._exc = ConnectionError("the proxy closed the upstream connection mid-answer")
+            self._wake_reader()
         self._busy = False
         self._stop_timer()
         if self.transport is not None:
@@ -363,6 +396,8 @@ class _Connection(asyncio.Protocol):
             reader.set_result(None)
 
     def _fail(self, exc: BaseException) -> None:
+        if isinstance(exc, BadAnswer):
+            exc.answered = self._headers_done
         self._exc = exc
         self._stop_timer()
         waiter, self._waiter = self._waiter, None
@@ -375,13 +410,12 @@ class _Connection(asyncio.Protocol):
             self.transport = None
             self._pool.forget(self)
 
-    def _arm(self) -> None:
+    def _arm(self, deadline: float) -> None:
         now = self._loop.time()
-        pool = self._pool
-        self._deadline = now + pool.total_timeout_s
+        self._deadline = deadline
         self._last_read = now
         self._timer = self._loop.call_at(
-            min(self._deadline, now + pool.read_timeout_s), self._on_timer
+            min(deadline, now + self._pool.read_timeout_s), self._on_timer
         )
 
     def _on_timer(self) -> None:
@@ -409,10 +443,38 @@ def _decoder(encoding: str) -> Any:
     if coding in ("gzip", "x-gzip"):
         return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     if coding == "deflate":
-        return zlib.decompressobj()
+        return _Deflate()
     if coding in ("", "identity"):
         return None
     raise BadAnswer(f"the upstream answered in a content coding it was not offered ({coding})")
+
+
+class _Deflate:
+    """``deflate`` as servers send it: zlib-wrapped (RFC 9110), or raw from some of them."""
+
+    __slots__ = ("_inner", "_head")
+
+    def __init__(self) -> None:
+        self._inner: Any = None
+        self._head = b""
+
+    def decompress(self, data: bytes) -> bytes:
+        if self._inner is None:
+            data = self._head + data
+            if len(data) < 2:  # too little to tell the two apart yet
+                self._head = data
+                return b""
+            cmf, flg = data[0], data[1]
+            wrapped = cmf & 0x0F == 8 and (cmf << 8 | flg) % 31 == 0
+            self._inner = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+        return bytes(self._inner.decompress(data))
+
+    def flush(self) -> bytes:
+        return bytes(self._inner.flush()) if self._inner is not None else b""
+
+    @property
+    def eof(self) -> bool:
+        return self._inner is not None and bool(self._inner.eof)
 
 
 class Pool:
@@ -458,9 +520,18 @@ class Pool:
         """Connections open or opening."""
         return len(self._open) + self._connecting
 
-    def head(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> bytes:
+    def head(
+        self,
+        method: str,
+        target: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        host: str | None = None,
+    ) -> bytes:
         """The request line and headers for ``target`` (path and query, no base path)."""
-        parts = [method, " ", self.prefix, target, " HTTP/1.1\r\nHost: ", self.host_header, "\r\n"]
+        parts = [method, " ", self.prefix, target, " HTTP/1.1\r\nHost: "]
+        parts += (host or self.host_header, "\r\n")
         for name, value in headers.items():
             parts += (name, ": ", value, "\r\n")
         lines = len(headers) + 3
@@ -482,15 +553,19 @@ class Pool:
         body: bytes = b"",
         *,
         stream_reply: bool = False,
+        host: str | None = None,
     ) -> Answer:
         """Send one request; the answer's body whole, or as a :class:`Body` to read and close
-        (event streams, binary bodies, or every answer with ``stream_reply``)."""
-        head = self.head(method, target, headers, body)
+        (event streams, binary bodies, or every answer with ``stream_reply``). ``host``: the
+        ``Host`` header, if not the base URL's."""
+        head = self.head(method, target, headers, body, host=host)
         may_retry = method in IDEMPOTENT
+        # One bound for the whole request, the wait for a free connection included.
+        deadline = self.loop.time() + self.total_timeout_s
         while True:
-            conn = await self._acquire()
+            conn = await self._acquire(deadline)
             try:
-                return await conn.exchange(head, body, stream_reply=stream_reply)
+                return await conn.exchange(head, body, stream_reply=stream_reply, deadline=deadline)
             except _NothingReceived:
                 if conn.reused and may_retry:
                     may_retry = False
@@ -499,7 +574,7 @@ class Pool:
                     "the upstream closed the connection without answering", answered=False
                 ) from None
 
-    async def _acquire(self) -> _Connection:
+    async def _acquire(self, deadline: float) -> _Connection:
         while True:
             if self._closed:
                 raise ConnectionError("the upstream's connection pool is closed")
@@ -508,7 +583,9 @@ class Pool:
                 now = self.loop.time()
                 while idle:
                     conn = idle.pop()
-                    if conn.transport is not None and now - conn.idle_since < KEEPALIVE_S:
+                    transport = conn.transport
+                    fresh = now - conn.idle_since < KEEPALIVE_S
+                    if transport is not None and fresh and not transport.is_closing():
                         conn.reused = True
                         return conn
                     conn.abort()
@@ -517,8 +594,7 @@ class Pool:
             waiter: asyncio.Future[_Connection | None] = self.loop.create_future()
             self._waiters.append(waiter)
             try:
-                # At the limit for longer than a whole exchange may take: give up.
-                async with asyncio.timeout(self.total_timeout_s):
+                async with asyncio.timeout_at(deadline):  # the request's whole time
                     handed = await waiter
             except (asyncio.CancelledError, TimeoutError):
                 if waiter.done() and not waiter.cancelled():
@@ -548,9 +624,14 @@ class Pool:
             self._pass_on(None)  # a slot is free
             raise
         self._connecting -= 1
-        if self._closed:
+        if self._closed or conn.transport is None:
             conn.abort()
-            raise ConnectionError("the upstream's connection pool is closed")
+            self._pass_on(None)  # its slot
+            raise ConnectionError(
+                "the upstream's connection pool is closed"
+                if self._closed
+                else "the upstream closed the connection at once"
+            )
         self._open.add(conn)
         conn.reused = False
         return conn

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import logging
 import re
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -105,10 +107,16 @@ class Upstream:
         self.name = settings.name
         self.session = session
         self.pool = pool
-        self.base_url = settings.base_url
+        #: Without ``user:password@`` (sent as a header instead, by either client).
+        self.base_url = _without_userinfo(settings.base_url)
         self._auth = _own_key_header(settings)
         self._pass_client_key = settings.pass_client_key
-        self._extra_headers = dict(settings.headers)
+        extra = dict(settings.headers)
+        #: A ``Host`` of the config's own replaces the base URL's (a gateway behind an address).
+        self._host = next((extra.pop(k) for k in list(extra) if k.lower() == "host"), None)
+        self._extra_headers = extra
+        #: ``user:password@`` in the base URL: Basic auth, unless another credential is sent.
+        self._basic = _basic_auth(settings.base_url)
         self._timeout = aiohttp.ClientTimeout(
             total=settings.total_timeout_s,
             sock_connect=settings.connect_timeout_s,
@@ -134,6 +142,12 @@ class Upstream:
         return self._pass_client_key and credential is not None
 
     def request_headers(self, call: Call) -> dict[str, str]:
+        headers = self._request_headers(call)
+        if self._basic is not None and not any(k.lower() == "authorization" for k in headers):
+            headers["Authorization"] = self._basic
+        return headers
+
+    def _request_headers(self, call: Call) -> dict[str, str]:
         headers = dict(call.headers)
         if self._extra_headers:
             headers.update(self._extra_headers)
@@ -188,7 +202,12 @@ class Upstream:
         target = f"{_rest(call.path)}?{call.query}" if call.query else _rest(call.path)
         try:
             answer = await pool.request(
-                call.method, target, self.request_headers(call), body, stream_reply=stream_reply
+                call.method,
+                target,
+                self.request_headers(call),
+                body,
+                stream_reply=stream_reply,
+                host=self._host,
             )
         except ValueError as exc:  # a header that would split the request
             raise InvalidRequest("A request header holds a line break") from exc
@@ -196,7 +215,7 @@ class Upstream:
             answered = getattr(exc, "answered", False)
             raise self.failure(exc, "broken" if answered else "unreachable") from exc
         status = answer.status
-        call.note.answered(self.name, status, started)
+        call.note.answered(self.name, status, started, at=answer.headers_at)
         if status >= 400 and self._errors is not None:  # answered, but with a refusal
             self._errors.labels(upstream=self.name, kind=f"http_{status // 100}xx").inc()
         if answer.stream is None:
@@ -229,6 +248,21 @@ def _own_key_header(settings: UpstreamSettings) -> tuple[str, str] | None:
     if settings.auth_header == "api-key":
         return "api-key", settings.api_key
     return "Authorization", f"Bearer {settings.api_key}"
+
+
+def _without_userinfo(base_url: str) -> str:
+    url = urlsplit(base_url)
+    if url.username is None:
+        return base_url
+    return url._replace(netloc=url.netloc.rpartition("@")[2]).geturl()
+
+
+def _basic_auth(base_url: str) -> str | None:
+    url = urlsplit(base_url)
+    if url.username is None:
+        return None
+    pair = f"{unquote(url.username)}:{unquote(url.password or '')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
 
 
 def _rest(path: str) -> str:

@@ -81,8 +81,9 @@ class Observer:
         self._in_flight = metrics.in_flight
         self._saved_cache = metrics.calls_saved.labels(cause="cache")
         self._saved_dedup = metrics.calls_saved.labels(cause="dedup")
-        #: Requests that ended this loop turn: (request, note, response, status, end time).
-        self._seen: list[tuple[web.Request, Note, web.StreamResponse | None, int, float]] = []
+        #: Requests that ended this loop turn: (request, note, response, status, end time, bytes
+        #: of the answer's body; counted at the end, before aiohttp writes a whole answer).
+        self._seen: list[tuple[web.Request, Note, web.StreamResponse | None, int, float, int]] = []
         self._scheduled = False
         self._tally = Tally()
         #: Requests begun less those ended since the last drain (for the in-flight gauge).
@@ -116,7 +117,8 @@ class Observer:
                 close_note(token)
                 if self.count:
                     self._live_change -= 1
-                self._seen.append((request, note, response, status, time.perf_counter()))
+                sent = _bytes_out(response) if self.log is not None else 0
+                self._seen.append((request, note, response, status, time.perf_counter(), sent))
                 if not self._scheduled:
                     self._scheduled = True
                     asyncio.get_running_loop().call_soon(self.drain)
@@ -134,18 +136,21 @@ class Observer:
         """
         self._scheduled = False
         seen, self._seen = self._seen, []
-        for request, note, response, status, ended in seen:
+        for request, note, response, status, ended, sent in seen:
             try:
-                self.finish(request, note, response, status, ended - note.start)
+                self.finish(request, note, response, status, ended - note.start, sent)
             except Exception:  # the outermost place: seeing a request never breaks it
                 log.exception("request log or metrics failed on %s", request.path)
-        self._tally.fold()
-        if self._live_change:
-            # One gauge change per turn for the requests that began and ended in it.
-            self._in_flight.inc(self._live_change)
-            self._live_change = 0
-        if self.log is not None:
-            self.log.flush()
+        try:
+            self._tally.fold()
+            if self._live_change:
+                # One gauge change per turn for the requests that began and ended in it.
+                self._in_flight.inc(self._live_change)
+                self._live_change = 0
+            if self.log is not None:
+                self.log.flush()
+        except Exception:  # as above
+            log.exception("request log or metrics failed")
 
     def _request_id(self, request: web.Request) -> str:
         given = request.headers.get("X-Request-ID")
@@ -172,6 +177,7 @@ class Observer:
         response: web.StreamResponse | None,
         status: int,
         latency: float,
+        sent: int = 0,
     ) -> None:
         route = self.routes.of(request)
         headers = response.headers if response is not None else None
@@ -183,7 +189,7 @@ class Observer:
         if route == "/v1/models" and status == 200 and isinstance(response, web.Response):
             self._learn_models(response)
         if self.log is not None and self.log.enabled_for(status):
-            fields = self._fields(request, note, status, cache, latency, response)
+            fields = self._fields(request, note, status, cache, latency, response, sent)
             if self.log_bodies:
                 _add_bodies(fields, note, response)
             self.log.add(fields)
@@ -213,6 +219,7 @@ class Observer:
         cache: str | None,
         latency: float,
         response: web.StreamResponse | None,
+        sent: int,
     ) -> dict[str, Any]:
         """The request's log line, ``time`` and ``level`` first."""
         assert self.log is not None
@@ -238,7 +245,7 @@ class Observer:
             "upstream_ms": _ms(note.upstream_s),
             "ttfb_ms": _ms(note.ttfb_s),
             "bytes_in": request.content.total_bytes,
-            "bytes_out": _bytes_out(response),
+            "bytes_out": sent,
             "error": _error_code(response) if status >= 400 else None,
         }
 

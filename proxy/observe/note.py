@@ -52,11 +52,12 @@ class Note:
         #: The request body, kept only with ``server.log_bodies``.
         self.body = b""
 
-    def answered(self, upstream: str, status: int, started: float) -> None:
-        """The upstream answered (headers in): set by :meth:`Upstream.send`."""
+    def answered(self, upstream: str, status: int, started: float, *, at: float = 0.0) -> None:
+        """The upstream answered (headers in, at ``time.perf_counter()`` ``at``, default now):
+        set by :meth:`Upstream.send`."""
         self.upstream = upstream
         self.upstream_status = status
-        self.upstream_s = time.perf_counter() - started
+        self.upstream_s = (at or time.perf_counter()) - started
 
     def first_byte(self) -> None:
         """A chunk of a streamed answer was written; only the first one counts."""

@@ -76,7 +76,8 @@ def test_one_line_per_request_with_every_field_and_no_secret(
     assert miss["model"] == "gpt-4o-mini" and miss["upstream"] == "fake"
     assert miss["tenant"].startswith("t_") and miss["tenant"] == hit["tenant"] != stream["tenant"]
     assert miss["upstream_ms"] > 0 and miss["latency_ms"] >= miss["upstream_ms"]
-    assert miss["bytes_in"] == len(json.dumps(chat())) and miss["bytes_out"] > 0
+    assert miss["bytes_in"] == len(json.dumps(chat()))
+    assert miss["bytes_out"] == len(answers[0].body) and hit["bytes_out"] == len(answers[1].body)
     assert hit["cache"] == "HIT" and hit["upstream_ms"] is None
     assert stream["ttfb_ms"] > 0 and stream["bytes_out"] > 0 and stream["level"] == "info"
     assert models["query"] == "api_key=&limit="
