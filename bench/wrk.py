@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from bench._proc import free_port, stop_group, wait_http
+from bench._proc import free_port, group_cpu_s, stop_group, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -189,10 +189,11 @@ http {{
 @contextlib.contextmanager
 def target(
     name: str, variant: Variant, nginx_port: int, workdir: Path, python: str
-) -> Iterator[str]:
-    """Start what `variant` measures; yield the base URL that wrk sends to."""
+) -> Iterator[tuple[str, int | None]]:
+    """Start what `variant` measures; yield the base URL that wrk sends to and the process group
+    of what serves it (``None``: nginx itself)."""
     if variant.kind == "direct":
-        yield f"http://{HOST}:{nginx_port}"
+        yield f"http://{HOST}:{nginx_port}", None
         return
     port = free_port()
     config: dict[str, Any] = {
@@ -210,19 +211,23 @@ def target(
     log = workdir / f"{safe}.log"
     with _child(argv, log) as proc:
         wait_http(f"http://{HOST}:{port}/healthz", proc, log=log)
-        yield f"http://{HOST}:{port}"
+        yield f"http://{HOST}:{port}", proc.pid
 
 
-def run_wrk(url: str, *, duration_s: int, connections: int, threads: int, script: Path) -> float:
-    """Requests per second that wrk measured; non-2xx answers or socket errors fail the run."""
+def run_wrk(
+    url: str, *, duration_s: int, connections: int, threads: int, script: Path
+) -> tuple[float, int]:
+    """Requests per second that wrk measured, and the requests; non-2xx answers or socket errors
+    fail the run."""
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "-s", str(script), url]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     if "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"wrk saw errors against {url}:\n{out}")
     match = re.search(r"Requests/sec:\s+([0-9.]+)", out)
-    if match is None:
+    done = re.search(r"([0-9]+) requests in", out)
+    if match is None or done is None:
         raise RuntimeError(f"no Requests/sec in wrk output:\n{out}")
-    return float(match.group(1))
+    return float(match.group(1)), int(done.group(1))
 
 
 def _parse_variant(spec: str) -> tuple[str, Variant, str | None]:
@@ -247,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     specs = [_parse_variant(s) for s in args.variant]
     baseline = args.baseline or specs[0][0]
     results: dict[str, list[float]] = {name: [] for name, _, _ in specs}
+    #: CPU microseconds per request of what serves the variant (all its processes).
+    cpu: dict[str, list[float]] = {name: [] for name, _, _ in specs}
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
         script = workdir / "distinct.lua"
@@ -254,14 +261,21 @@ def main(argv: list[str] | None = None) -> int:
         nginx_port = stack.enter_context(nginx(workdir))
         for rnd in range(args.rounds):
             for name, variant, python in specs:
-                with target(name, variant, nginx_port, workdir, python or args.python) as url:
+                python_ = python or args.python
+                with target(name, variant, nginx_port, workdir, python_) as (url, pgid):
                     if args.warmup:
                         run_wrk(url, duration_s=args.warmup, connections=args.connections,
                                 threads=args.threads, script=script)  # fmt: skip
-                    rps = run_wrk(url, duration_s=args.duration, connections=args.connections,
-                                  threads=args.threads, script=script)  # fmt: skip
+                    before = group_cpu_s(pgid) if pgid is not None else 0.0
+                    rps, done = run_wrk(url, duration_s=args.duration,
+                                        connections=args.connections, threads=args.threads,
+                                        script=script)  # fmt: skip
+                    if pgid is not None:
+                        cpu[name].append((group_cpu_s(pgid) - before) / done * 1e6)
                 results[name].append(rps)
-                print(f"round {rnd + 1} {name}: {rps:,.0f} req/s", file=sys.stderr, flush=True)
+                used = f", {cpu[name][-1]:.1f} us CPU/request" if cpu[name] else ""
+                line = f"round {rnd + 1} {name}: {rps:,.0f} req/s{used}"
+                print(line, file=sys.stderr, flush=True)
     base = statistics.median(results[baseline])
     rows = [
         {
@@ -270,18 +284,20 @@ def main(argv: list[str] | None = None) -> int:
             "rps_median": statistics.median(values),
             "rps_runs": values,
             "ratio": statistics.median(values) / base,
+            "cpu_us_per_request": statistics.median(cpu[name]) if cpu[name] else None,
         }
         for name, values in results.items()
     ]
     if args.json:
         print(json.dumps({"baseline": baseline, "rows": rows}, indent=2))
         return 0
-    print(f"| variant | what | req/s (median of {args.rounds}) | × {baseline} |")
-    print("|---|---|---:|---:|")
+    print(f"| variant | what | req/s (median of {args.rounds}) | × {baseline} | CPU µs/request |")
+    print("|---|---|---:|---:|---:|")
     for row in rows:
+        per_request: Any = row["cpu_us_per_request"]
         print(
             f"| {row['variant']} | {row['description']} | {row['rps_median']:,.0f} "
-            f"| {row['ratio']:.2f} |"
+            f"| {row['ratio']:.2f} | {'' if per_request is None else f'{per_request:.1f}'} |"
         )
     return 0
 

@@ -156,9 +156,9 @@ class UpstreamSettings(_Section):
                 raise ValueError(f"{name!r} is set by the proxy itself (framing and encoding)")
             if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
                 raise ValueError(f"{name!r} is not a header name")
-        for text in value.values():
-            if "\r" in text or "\n" in text:
-                raise ValueError("a header value holds a line break")  # (value not echoed)
+        for name, text in value.items():
+            if "\r" in text or "\n" in text:  # (the value is not echoed: it may be a secret)
+                raise ValueError(f"the value of {name!r} holds a line break")
         return value
 
 

@@ -357,12 +357,12 @@ class _Connection(asyncio.Protocol):
         """The exchange is over for its caller: back to the pool if it ended cleanly."""
         if not self._busy:
             return
-        self._busy = False
-        self._stop_timer()
         if self._complete and self._keep_alive and self._exc is None and self.transport:
+            self._busy = False
+            self._stop_timer()
             self._pool.release(self)
         else:
-            self.abort()
+            self.abort()  # (which ends the answer for a reader still waiting on it)
 
     def close(self) -> None:
         """The pool is closing: an exchange in progress fails, an idle connection just closes."""

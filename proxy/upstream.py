@@ -115,6 +115,7 @@ class Upstream:
         #: A ``Host`` of the config's own replaces the base URL's (a gateway behind an address).
         self._host = next((extra.pop(k) for k in list(extra) if k.lower() == "host"), None)
         self._extra_headers = extra
+        self._extra_names = frozenset(k.lower() for k in extra)
         #: ``user:password@`` in the base URL: Basic auth, unless another credential is sent.
         self._basic = _basic_auth(settings.base_url)
         self._timeout = aiohttp.ClientTimeout(
@@ -142,15 +143,20 @@ class Upstream:
         return self._pass_client_key and credential is not None
 
     def request_headers(self, call: Call) -> dict[str, str]:
+        """What goes upstream: the client's headers, the config's (which win, whatever their
+        case), the request id and one credential (the client's, the upstream's key, a header
+        of the config, or ``user:password@`` of the base URL, in that order)."""
         headers = self._request_headers(call)
-        if self._basic is not None and not any(k.lower() == "authorization" for k in headers):
+        if self._basic is not None and not any(k.lower() in _CREDENTIALS for k in headers):
             headers["Authorization"] = self._basic
         return headers
 
     def _request_headers(self, call: Call) -> dict[str, str]:
-        headers = dict(call.headers)
         if self._extra_headers:
+            headers = {k: v for k, v in call.headers.items() if k.lower() not in self._extra_names}
             headers.update(self._extra_headers)
+        else:
+            headers = dict(call.headers)
         if call.note.request_id:
             headers["X-Request-ID"] = call.note.request_id
         if self.forwards_client_key(call.credential):
@@ -160,6 +166,9 @@ class Upstream:
             name, value = self._auth
         else:
             return headers
+        if self._extra_names and name.lower() in self._extra_names:
+            for other in [k for k in headers if k.lower() == name.lower()]:
+                del headers[other]
         headers[name] = value
         return headers
 
@@ -171,11 +180,14 @@ class Upstream:
         if self.pool is not None and isinstance(body, bytes) and call.method != "HEAD":
             return await self._send_lean(self.pool, call, body, stream_reply, started)
         try:
+            sent = self.request_headers(call)
+            if self._host is not None:
+                sent["Host"] = self._host
             resp = await self.session.request(
                 call.method,
                 URL(self.url(call.path, call.query), encoded=True),
                 data=call.body if data is None else data,
-                headers=self.request_headers(call),
+                headers=sent,
                 timeout=self._timeout,
                 allow_redirects=False,
             )
@@ -248,6 +260,9 @@ def _own_key_header(settings: UpstreamSettings) -> tuple[str, str] | None:
     if settings.auth_header == "api-key":
         return "api-key", settings.api_key
     return "Authorization", f"Bearer {settings.api_key}"
+
+
+_CREDENTIALS = frozenset({"authorization", "api-key"})
 
 
 def _without_userinfo(base_url: str) -> str:

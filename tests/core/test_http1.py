@@ -1150,3 +1150,389 @@ async def test_tls_without_the_ca_is_refused(certs: Path) -> None:
 def test_tls_on_uvloop(certs: Path) -> None:
     run_on_uvloop(functools.partial(tls_with_the_ca, certs))
     run_on_uvloop(functools.partial(tls_without_the_ca, certs))
+
+
+# -- 19. the review's findings ---------------------------------------------------------------------
+
+
+async def test_body_close_from_another_task_fails_a_waiting_reader() -> None:
+    """One task waits in ``readany`` on an unfinished answer while another closes the stream
+    (its client went away): the waiting reader gets a connection error, it does not hang."""
+
+    async def script(link: Link) -> None:
+        await link.request()
+        link.write(stream_head() + chunk(b"data: 1\n\n"))
+        await link.wait_eof()
+
+    async with Upstream(script) as up:
+        pool = up.pool(read_timeout_s=5.0)
+        stream = streamed(await pool.request("POST", "/chat/completions", {}, b"{}"))
+        assert await read_at_least(stream, 9) == b"data: 1\n\n"
+        reading = asyncio.create_task(stream.readany())
+        await settle()
+        assert not reading.done()  # waiting for more
+        stream.close()
+        done, _ = await asyncio.wait({reading}, timeout=1.0)
+        if not done:
+            reading.cancel()
+        assert done, "a reader waiting on the stream hangs after another task closed it"
+        assert isinstance(reading.exception(), OSError), repr(reading.exception())
+        assert pool.size == 0
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/octet-stream"])
+async def test_a_cut_short_gzip_answer_ended_by_close_is_a_bad_answer_at_once(
+    content_type: str,
+) -> None:
+    """Neither Content-Length nor chunked: the body ends with the connection. A gzip stream cut
+    short there is refused when the connection closes, not after the read timeout."""
+    text = b'{"data":[' + b'{"id":"model-x","object":"model"},' * 300 + b"{}]}"
+    packed = gzip.compress(text)
+    head = reply(
+        headers=(("Content-Type", content_type), ("Content-Encoding", "gzip")), length=False
+    )
+
+    async def script(link: Link) -> None:
+        await link.request()
+        link.write(head + packed[: len(packed) // 2])
+        link.close()
+
+    async with Upstream(script) as up:
+        pool = up.pool(read_timeout_s=5.0, total_timeout_s=10.0)
+        async with asyncio.timeout(1):
+            with pytest.raises(BadAnswer) as info:
+                answer = await pool.request("GET", "/models", {})
+                await read_to_end(streamed(answer))
+        assert info.value.answered is True
+        assert pool.size == 0
+
+
+async def test_a_request_cancelled_as_its_exchange_fails_ends_cancelled() -> None:
+    """The exchange fails (garbage from the upstream: BadAnswer on the request's waiter) and the
+    request's task is cancelled in that same pass, before it resumes: it ends cancelled."""
+
+    async def script(link: Link) -> None:
+        await link.request()
+        link.write(b"SSH-2.0-OpenSSH_9.6\r\n")
+        await link.wait_eof()
+
+    async with Upstream(script) as up:
+        pool = up.pool(read_timeout_s=5.0)
+        task = asyncio.create_task(pool.request("POST", "/chat/completions", {}, b"{}"))
+        forget = pool.forget
+        failed: list[BaseException | None] = []
+
+        def forget_then_cancel(conn: Any) -> None:  # _fail: waiter failed, transport aborted
+            failed.append(conn._exc)
+            forget(conn)
+            task.cancel()
+
+        pool.forget = forget_then_cancel  # type: ignore[method-assign]
+        done, _ = await asyncio.wait({task}, timeout=2.0)
+        pool.forget = forget  # type: ignore[method-assign]
+        if not done:
+            task.cancel()
+        assert done
+        assert isinstance(failed[0], BadAnswer), failed  # the exchange had failed first
+        assert task.cancelled(), f"ended with {task.exception()!r} instead of its cancellation"
+
+
+async def test_a_host_given_to_the_request_is_the_one_host_header_sent() -> None:
+    async with Upstream(replies(reply(b"{}"))) as up:
+        pool = up.pool()
+        answer = await pool.request("GET", "/models", {"X-Other": "1"}, host="api.internal")
+    assert answer.body == b"{}"
+    [seen] = up.requests
+    assert [(n, v) for n, v in seen.headers if n.lower() == "host"] == [("Host", "api.internal")]
+
+
+async def test_a_host_with_a_line_break_is_refused_before_sending() -> None:
+    async with Upstream(replies()) as up:
+        pool = up.pool()
+        with pytest.raises(ValueError):
+            await pool.request("GET", "/models", {}, host="api.internal\r\nInjected: 1")
+        assert pool.size == 0
+    assert up.accepted == 0
+
+
+def answer_then_close(closed: asyncio.Event) -> Script:
+    """The first connection answers one request and closes at once (FIN after the answer, as
+    an upstream's idle timeout does); later connections answer normally."""
+
+    async def script(link: Link) -> None:
+        if link.index == 0:
+            await link.request()
+            link.write(reply(b'{"n":1}'))
+            link.close()
+            await link.writer.wait_closed()
+            closed.set()
+        else:
+            await replies(reply(b'{"n":2}'), reply(b'{"n":3}'))(link)
+
+    return script
+
+
+async def test_a_post_after_the_upstream_closed_an_idle_connection_goes_out_on_a_new_one() -> None:
+    closed = asyncio.Event()
+    async with Upstream(answer_then_close(closed)) as up:
+        pool = up.pool()
+        first = await pool.request("POST", "/chat/completions", {}, b"{}")
+        await asyncio.wait_for(closed.wait(), 5)
+        await settle()  # the client has read the EOF
+        second = await pool.request("POST", "/chat/completions", {}, b'{"second":1}')
+    assert (first.body, second.body) == (b'{"n":1}', b'{"n":2}')
+    assert up.accepted == 2
+    assert [(seen.link, seen.body) for seen in up.requests] == [(0, b"{}"), (1, b'{"second":1}')]
+
+
+async def test_a_post_in_the_same_pass_as_an_idle_connections_eof_goes_out_on_a_new_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The narrowest window: a POST that starts right as the EOF of its idle connection is
+    read (before anything that read schedules has run) must not be written into that
+    connection, where it would fail with UpstreamClosed."""
+    closed = asyncio.Event()
+    posted: list[asyncio.Task[Answer]] = []
+
+    async with Upstream(answer_then_close(closed)) as up:
+        pool = up.pool()
+        eof_received = http1._Connection.eof_received
+
+        def eof_then_post(self: Any) -> bool | None:
+            keep_open = eof_received(self)
+            if not posted:  # once: the first connection's EOF, after its answer
+                request = pool.request("POST", "/chat/completions", {}, b'{"second":1}')
+                posted.append(asyncio.ensure_future(request))
+            return keep_open
+
+        monkeypatch.setattr(http1._Connection, "eof_received", eof_then_post)
+        first = await pool.request("POST", "/chat/completions", {}, b"{}")
+        await asyncio.wait_for(closed.wait(), 5)
+        for _ in range(100):  # until the client reads the EOF (a few loop passes)
+            if posted:
+                break
+            await asyncio.sleep(0)
+        assert posted, "the client never saw the upstream's EOF"
+        second = await asyncio.wait_for(posted[0], 5)
+    assert (first.body, second.body) == (b'{"n":1}', b'{"n":2}')
+    assert up.accepted == 2
+    assert [(seen.link, seen.body) for seen in up.requests] == [(0, b"{}"), (1, b'{"second":1}')]
+
+
+def raw_deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+async def test_a_raw_deflate_answer_is_decoded_whole() -> None:
+    text = b'{"data":[' + b'{"id":"model-x","object":"model"},' * 300 + b"{}]}"
+    wire = reply(raw_deflate(text), headers=(JSON, ("Content-Encoding", "deflate")))
+    async with Upstream(replies(wire, reply(b"{}"))) as up:
+        pool = up.pool()
+        answer = await pool.request("GET", "/models", {})
+        again = await pool.request("GET", "/models", {})
+    assert answer.body == text
+    assert again.body == b"{}"
+    assert up.accepted == 1
+
+
+async def test_a_raw_deflate_stream_is_decoded_as_it_arrives() -> None:
+    events = [b"data: %d\n\n" % i for i in range(3)] + [b"data: [DONE]\n\n"]
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    pieces = [packer.compress(e) + packer.flush(zlib.Z_SYNC_FLUSH) for e in events]
+    pieces[-1] += packer.flush()
+    go = asyncio.Event()
+
+    async def script(link: Link) -> None:
+        await link.request()
+        link.write(stream_head(("Content-Encoding", "deflate")) + chunk(pieces[0]))
+        await go.wait()
+        link.write(b"".join(chunk(p) for p in pieces[1:]) + END)
+        await link.wait_eof()
+
+    async with Upstream(script) as up:
+        pool = up.pool()
+        stream = streamed(await pool.request("POST", "/chat/completions", {}, b"{}"))
+        assert await read_at_least(stream, len(events[0])) == events[0]
+        go.set()
+        assert await read_to_end(stream) == b"".join(events[1:])
+
+
+@pytest.mark.parametrize("wbits", [zlib.MAX_WBITS, -zlib.MAX_WBITS], ids=["zlib", "raw"])
+@pytest.mark.parametrize("stream_reply", [False, True], ids=["whole", "streamed"])
+async def test_a_deflate_body_whose_first_chunk_is_one_byte_decodes(
+    wbits: int, stream_reply: bool
+) -> None:
+    """One byte is too little to tell zlib-wrapped deflate from raw: it waits for the next."""
+    text = b'{"data":[' + b'{"id":"model-x","object":"model"},' * 50 + b"{}]}"
+    packer = zlib.compressobj(wbits=wbits)
+    packed = packer.compress(text) + packer.flush()
+    head = stream_head(("Content-Encoding", "deflate"), content_type=JSON)
+    wire = head + chunk(packed[:1]) + chunk(packed[1:2]) + chunk(packed[2:]) + END
+    async with Upstream(replies(wire)) as up:
+        pool = up.pool()
+        answer = await pool.request("GET", "/models", {}, stream_reply=stream_reply)
+        body = answer.body if answer.stream is None else await read_to_end(answer.stream)
+    assert body == text
+
+
+@pytest.mark.parametrize("stream_reply", [False, True], ids=["whole", "streamed"])
+async def test_a_chunked_answers_trailers_are_not_among_its_headers(stream_reply: bool) -> None:
+    wire = (
+        stream_head(content_type=JSON)
+        + chunk(b'{"a":')
+        + chunk(b"1}")
+        + b"0\r\nX-Trailer: t\r\nX-Other-Trailer: u\r\n\r\n"
+    )
+    async with Upstream(replies(wire, reply(b"{}"))) as up:
+        pool = up.pool()
+        answer = await pool.request("POST", "/x", {}, b"{}", stream_reply=stream_reply)
+        body = answer.body if answer.stream is None else await read_to_end(answer.stream)
+        again = await pool.request("POST", "/x", {}, b"{}")
+    assert body == b'{"a":1}'
+    assert answer.headers == [JSON, CHUNKED]
+    assert again.body == b"{}"
+    assert up.accepted == 1  # the trailers ended the answer where they should
+
+
+def _filler(count: int, size: int) -> list[tuple[str, str]]:
+    return [(f"X-Filler-{i:03d}", "v" * size) for i in range(count)]
+
+
+# JSON (12 + 16) and ``Content-Length: 2`` (14 + 1) come with every answer below: 43 bytes.
+_BASE_HEADER_BYTES = 43
+
+
+@pytest.mark.parametrize(
+    ("extra", "refused"),
+    [
+        (_filler(http1.MAX_HEADERS - 2, 1), False),  # 256 with the two of every answer
+        (_filler(http1.MAX_HEADERS - 1, 1), True),  # 257
+        ([("X-Fill", "v" * (http1.MAX_HEADER_BYTES - _BASE_HEADER_BYTES - 6))], False),
+        ([("X-Fill", "v" * (http1.MAX_HEADER_BYTES - _BASE_HEADER_BYTES - 5))], True),
+        (_filler(9, 8000), True),  # 72 kB in 9 headers
+    ],
+    ids=["256-headers", "257-headers", "64KiB", "64KiB+1", "72kB-in-9"],
+)
+async def test_too_many_or_too_large_answer_headers_are_a_bad_answer(
+    extra: list[tuple[str, str]], refused: bool
+) -> None:
+    wire = reply(b"{}", headers=(JSON, *extra))
+    async with Upstream(replies(wire)) as up:
+        pool = up.pool()
+        if refused:
+            with pytest.raises(BadAnswer) as info:
+                await pool.request("GET", "/models", {})
+            assert info.value.answered is False
+            assert pool.size == 0
+        else:
+            answer = await pool.request("GET", "/models", {})
+            assert answer.body == b"{}"
+            assert len(answer.headers) == len(extra) + 2
+
+
+async def test_a_request_body_over_the_single_write_size_arrives_intact() -> None:
+    body = bytes(range(256)) * 800  # 200 KiB, over the 64 KiB joined with the head
+    assert len(body) > http1._JOIN_BELOW
+    async with Upstream(replies(reply(b'{"n":1}'), reply(b'{"n":2}'))) as up:
+        pool = up.pool()
+        octets = {"Content-Type": "application/octet-stream"}
+        first = await pool.request("POST", "/files", octets, body)
+        second = await pool.request("POST", "/x", {}, b"{}")
+    assert (first.body, second.body) == (b'{"n":1}', b'{"n":2}')
+    assert up.requests[0].body == body
+    assert ("Content-Length", str(len(body))) in up.requests[0].headers
+    assert up.requests[1].body == b"{}"
+    assert up.accepted == 1
+
+
+async def test_an_idle_connection_older_than_keepalive_is_not_reused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http1, "KEEPALIVE_S", 0.0)
+    async with Upstream(replies(reply(b'{"n":1}'), reply(b'{"n":2}'))) as up:
+        pool = up.pool()
+        first = await pool.request("GET", "/models", {})
+        second = await pool.request("GET", "/models", {})
+        assert pool.size == 1  # the old one was closed, not kept beside the new one
+    assert (first.body, second.body) == (b'{"n":1}', b'{"n":2}')
+    assert up.accepted == 2
+    assert [seen.link for seen in up.requests] == [0, 1]
+
+
+async def test_headers_at_is_when_the_headers_came_in_for_whole_and_streamed_answers() -> None:
+    events = b"data: 1\n\ndata: [DONE]\n\n"
+    wire = stream_head() + chunk(events) + END
+    async with Upstream(replies(reply(b"{}"), wire)) as up:
+        pool = up.pool()
+        before = time.perf_counter()
+        whole = await pool.request("GET", "/models", {})
+        between = time.perf_counter()
+        answer = await pool.request("POST", "/chat/completions", {}, b"{}")
+        stream = streamed(answer)
+        after_headers = time.perf_counter()
+        assert await read_to_end(stream) == events
+    assert whole.body == b"{}"
+    assert before < whole.headers_at <= between < answer.headers_at <= after_headers
+
+
+async def test_the_wait_for_a_connection_and_the_exchange_share_one_total_timeout() -> None:
+    """With ``limit=1`` the second request waits 0.25 s of its 0.4 s for the connection the
+    first one holds, gets it, and the upstream never answers it: it times out 0.4 s after it
+    started (not 0.25 s + a whole 0.4 s more)."""
+    gates: dict[bytes, asyncio.Future[None]] = {}
+    async with Upstream(holding(gates)) as up:
+        pool = up.pool(limit=1, read_timeout_s=5.0, total_timeout_s=5.0)
+        first = asyncio.create_task(pool.request("POST", "/x", {}, b"first"))
+        await arrivals(up, 1)
+        pool.total_timeout_s = 0.4  # for the second request (the first keeps its 5 s)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        second = asyncio.create_task(pool.request("POST", "/x", {}, b"second"))
+        # The upstream answers the first request 0.25 s in: the connection goes to the second.
+        loop.call_at(started + 0.25, gates[b"first"].set_result, None)
+        with pytest.raises(TimeoutError):
+            await second
+        elapsed = loop.time() - started
+        assert (await first).body == b"first"
+        assert [seen.body for seen in up.requests] == [b"first", b"second"]
+    assert 0.35 < elapsed < 0.65, elapsed
+
+
+# -- the same on uvloop ----------------------------------------------------------------------------
+
+REVIEW_UVLOOP_SCENARIOS: list[Callable[[], Awaitable[None]]] = [
+    test_body_close_from_another_task_fails_a_waiting_reader,
+    functools.partial(
+        test_a_cut_short_gzip_answer_ended_by_close_is_a_bad_answer_at_once, "application/json"
+    ),
+    functools.partial(
+        test_a_cut_short_gzip_answer_ended_by_close_is_a_bad_answer_at_once,
+        "application/octet-stream",
+    ),
+    test_a_request_cancelled_as_its_exchange_fails_ends_cancelled,
+    test_a_post_after_the_upstream_closed_an_idle_connection_goes_out_on_a_new_one,
+    test_a_raw_deflate_stream_is_decoded_as_it_arrives,
+    functools.partial(test_a_chunked_answers_trailers_are_not_among_its_headers, True),
+]
+
+
+def _scenario_id(scenario: Callable[[], Awaitable[None]]) -> str:
+    name = getattr(scenario, "func", scenario).__name__.removeprefix("test_")
+    return "-".join([name, *map(str, getattr(scenario, "args", ()))])
+
+
+@pytest.mark.parametrize(
+    "scenario", REVIEW_UVLOOP_SCENARIOS, ids=[_scenario_id(s) for s in REVIEW_UVLOOP_SCENARIOS]
+)
+def test_review_fixes_on_uvloop(scenario: Callable[[], Awaitable[None]]) -> None:
+    run_on_uvloop(scenario)
+
+
+def test_a_post_racing_an_idle_connections_eof_on_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    run_on_uvloop(
+        functools.partial(
+            test_a_post_in_the_same_pass_as_an_idle_connections_eof_goes_out_on_a_new_one,
+            monkeypatch,
+        )
+    )
