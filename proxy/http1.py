@@ -378,10 +378,7 @@ class _Connection(asyncio.Protocol):
             self._wake_reader()
         self._busy = False
         self._stop_timer()
-        if self.transport is not None:
-            self.transport.abort()
-            self.transport = None
-            self._pool.forget(self)
+        self._drop_transport()
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -405,6 +402,10 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(exc)
         else:
             self._wake_reader()
+        self._drop_transport()
+
+    def _drop_transport(self) -> None:
+        """Close the socket at once (no graceful close: whatever is in it is unwanted)."""
         if self.transport is not None:
             self.transport.abort()
             self.transport = None
