@@ -128,8 +128,9 @@ async def _close_pool(pool: Pool) -> None:
 
 
 async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
-    """One pooled keep-alive session per upstream, for the life of the app (and across a
-    reload that leaves the upstream's address and pool size as they were)."""
+    """Per upstream, a pool of kept-alive connections (:mod:`proxy.http1`) and an aiohttp
+    session (streamed uploads, ``HEAD``), for the life of the app and across a reload that
+    leaves the upstream's address, pool size and timeouts as they were."""
     settings = app[SETTINGS]
     upstreams = []
     async with AsyncExitStack() as stack:

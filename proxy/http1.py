@@ -17,6 +17,7 @@ before any byte of the answer is sent once more on a new one (RFC 9112 9.3.1); a
 
 Errors are :class:`OSError` (:class:`UpstreamClosed`, :class:`BadAnswer`, connection errors) or
 :class:`TimeoutError`; :class:`UpstreamClosed` says whether the answer had begun.
+:class:`HeaderError` (a :class:`ValueError`): a header would split the request; nothing is sent.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-__all__ = ["Answer", "BadAnswer", "Body", "Pool", "UpstreamClosed", "is_streamed"]
+__all__ = ["Answer", "BadAnswer", "Body", "HeaderError", "Pool", "UpstreamClosed", "is_streamed"]
 
 #: Idle connections older than this are closed instead of reused (aiohttp's default too).
 KEEPALIVE_S = 15.0
@@ -66,6 +67,10 @@ class BadAnswer(ConnectionError):
 
 
 _UNDECODABLE = "the upstream's compressed answer does not decode ({})"
+
+
+class HeaderError(ValueError):
+    """A header name or value would split the request (a line break in it)."""
 
 
 class _NothingReceived(Exception):
@@ -543,7 +548,7 @@ class Pool:
         parts.append("\r\n")
         text = "".join(parts)
         if text.count("\n") != lines + 1 or text.count("\r") != lines + 1:
-            raise ValueError("a header name or value holds a line break")
+            raise HeaderError("a header name or value holds a line break")
         return text.encode("utf-8", "surrogateescape")
 
     async def request(

@@ -20,7 +20,7 @@ from .auth import credential_header
 from .call import Call, Reply
 from .config import Settings, UpstreamSettings
 from .errors import InvalidRequest, ModelNotFound, NotFound, UpstreamError, UpstreamTimeout
-from .http1 import Answer, Pool, is_streamed
+from .http1 import Answer, HeaderError, Pool, is_streamed
 
 __all__ = ["Router", "Upstream", "forward_headers", "reply_headers"]
 
@@ -221,7 +221,7 @@ class Upstream:
                 stream_reply=stream_reply,
                 host=self._host,
             )
-        except ValueError as exc:  # a header that would split the request
+        except HeaderError as exc:  # a header that would split the request
             raise InvalidRequest("A request header holds a line break") from exc
         except (TimeoutError, OSError) as exc:
             answered = getattr(exc, "answered", False)

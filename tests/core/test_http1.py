@@ -21,7 +21,7 @@ import pytest
 import uvloop
 
 from proxy import http1
-from proxy.http1 import Answer, BadAnswer, Body, Pool, UpstreamClosed
+from proxy.http1 import Answer, BadAnswer, Body, HeaderError, Pool, UpstreamClosed
 
 JSON = ("Content-Type", "application/json")
 SSE = ("Content-Type", "text/event-stream")
@@ -871,7 +871,7 @@ async def test_body_close_at_the_end_gives_the_connection_back() -> None:
 async def test_a_line_break_in_a_header_is_refused_before_sending(headers: dict[str, str]) -> None:
     async with Upstream(replies()) as up:
         pool = up.pool()
-        with pytest.raises(ValueError):
+        with pytest.raises(HeaderError):
             await pool.request("POST", "/chat/completions", headers, b"{}")
         assert pool.size == 0
     assert up.accepted == 0
@@ -1249,7 +1249,7 @@ async def test_a_host_given_to_the_request_is_the_one_host_header_sent() -> None
 async def test_a_host_with_a_line_break_is_refused_before_sending() -> None:
     async with Upstream(replies()) as up:
         pool = up.pool()
-        with pytest.raises(ValueError):
+        with pytest.raises(HeaderError):
             await pool.request("GET", "/models", {}, host="api.internal\r\nInjected: 1")
         assert pool.size == 0
     assert up.accepted == 0
