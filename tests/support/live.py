@@ -6,6 +6,7 @@ Tests can then use the sync ``openai`` client, the async one, or raw HTTP, again
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
@@ -54,25 +55,29 @@ class LiveApp:
         self.app = app
         self.runner: web.AppRunner | None = None
         self.port = 0
+        self.tls = False
 
-    def start(self, port: int = 0) -> LiveApp:
+    def start(self, port: int = 0, *, ssl_context: ssl.SSLContext | None = None) -> LiveApp:
+        """Serve on ``port`` (0: a free one), over TLS with ``ssl_context``."""
+
         async def start() -> int:
             self.runner = web.AppRunner(
                 self.app, handler_cancellation=True, access_log=None, shutdown_timeout=1
             )
             await self.runner.setup()
-            site = web.TCPSite(self.runner, "127.0.0.1", port)
+            site = web.TCPSite(self.runner, "127.0.0.1", port, ssl_context=ssl_context)
             await site.start()
             server = site._server
             assert server is not None
             return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
 
         self.port = self.bg.run(start())
+        self.tls = ssl_context is not None
         return self
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         if self.runner is not None:
