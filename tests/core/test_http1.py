@@ -9,7 +9,6 @@ import functools
 import gzip
 import socket
 import ssl
-import subprocess
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,6 +21,7 @@ import uvloop
 
 from proxy import http1
 from proxy.http1 import Answer, BadAnswer, Body, HeaderError, Pool, UpstreamClosed
+from tests.support.tls import make_certs, server_context
 
 JSON = ("Content-Type", "application/json")
 SSE = ("Content-Type", "text/event-stream")
@@ -1088,30 +1088,14 @@ def test_on_uvloop(scenario: Callable[[], Awaitable[None]]) -> None:
 # -- 18. TLS ---------------------------------------------------------------------------------------
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA and a server certificate it signs for localhost (EC keys: quick to make)."""
-    where = tmp_path_factory.mktemp("http1-tls")
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-             "-subj", "/CN=http1 test CA", cwd=where)  # fmt: skip
-    _openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr",
-             "-subj", "/CN=localhost", cwd=where)  # fmt: skip
-    (where / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf",
-             cwd=where)  # fmt: skip
-    return where
+    """A CA and a server certificate it signs for localhost."""
+    return make_certs(tmp_path_factory.mktemp("http1-tls"), alt_names="DNS:localhost,IP:127.0.0.1")
 
 
 def server_tls(certs: Path) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(certs / "server.crt", certs / "server.key")
-    return context
+    return server_context(certs)
 
 
 async def tls_with_the_ca(certs: Path) -> None:

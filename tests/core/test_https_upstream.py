@@ -7,8 +7,6 @@ gateway (docs/operations.md, "Connections to the upstreams").
 
 from __future__ import annotations
 
-import ssl
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,35 +17,20 @@ from tests.conftest import ProxyFactory
 from tests.observe.test_metrics import scrape, value
 from tests.support import http
 from tests.support.live import BackgroundLoop, LiveApp
+from tests.support.tls import make_certs, server_context
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "over TLS"}]}
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA, and a certificate it signs for localhost (EC keys: quick to make)."""
-    where = tmp_path_factory.mktemp("https-upstream")
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-             "-subj", "/CN=upstream test CA", cwd=where)  # fmt: skip
-    _openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr",
-             "-subj", "/CN=localhost", cwd=where)  # fmt: skip
-    (where / "ext.cnf").write_text("subjectAltName=DNS:localhost\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf",
-             cwd=where)  # fmt: skip
-    return where
+    """A CA, and a certificate it signs for localhost."""
+    return make_certs(tmp_path_factory.mktemp("https-upstream"))
 
 
 @pytest.fixture
 def tls_fake(bg: BackgroundLoop, certs: Path) -> Iterator[LiveApp]:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(certs / "server.crt", certs / "server.key")
-    live = LiveApp(bg, create_fake_upstream()).start(ssl_context=context)
+    live = LiveApp(bg, create_fake_upstream()).start(ssl_context=server_context(certs))
     yield live
     live.stop()
 
