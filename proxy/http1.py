@@ -365,6 +365,10 @@ class _Connection(asyncio.Protocol):
         if self._complete and self._keep_alive and self._exc is None and self.transport:
             self._busy = False
             self._stop_timer()
+            self._chunks, self._buffered = [], 0  # what a reader that closed early left
+            if self._paused:  # (it ended while its reader was behind)
+                self._paused = False
+                self.transport.resume_reading()
             self._pool.release(self)
         else:
             self.abort()  # (which ends the answer for a reader still waiting on it)

@@ -855,6 +855,29 @@ async def test_body_close_at_the_end_gives_the_connection_back() -> None:
     assert up.accepted == 1
 
 
+async def test_a_stream_that_ended_while_its_reader_was_behind_gives_back_a_reading_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The socket stops being read while a stream's reader is behind; if the answer ends then
+    and the reader closes without reading, the connection goes back to the pool reading again
+    (else the next answer on it would never be read)."""
+    monkeypatch.setattr(http1, "HIGH_WATER", 1024)
+    binary = ("Content-Type", "application/octet-stream")
+    wire = reply(b"x" * 8192, headers=(binary,))  # one write: past the mark in one read
+    async with Upstream(replies(wire, reply(b"{}"))) as up:
+        pool = up.pool(read_timeout_s=2.0)
+        stream = streamed(await pool.request("GET", "/files/f/content", {}))
+        conn = stream._conn
+        assert conn is not None
+        while not conn._complete:  # the whole answer in, reading paused, nothing read yet
+            await asyncio.sleep(0)
+        assert conn._paused
+        stream.close()
+        again = await pool.request("POST", "/chat/completions", {}, b"{}")
+    assert again.body == b"{}"
+    assert up.accepted == 1
+
+
 # -- 14. header injection --------------------------------------------------------------------------
 
 
