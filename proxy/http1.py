@@ -77,6 +77,10 @@ class _NothingReceived(Exception):
     """Internal: the connection closed before a byte of the answer (a stale kept-alive one)."""
 
 
+class _Unusable(Exception):
+    """Internal: the connection closed before the request was written: nothing was sent."""
+
+
 def is_streamed(content_type: str) -> bool:
     """Event streams and binary bodies pass on as they arrive; JSON and text are read whole."""
     if not content_type:
@@ -314,7 +318,7 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():  # closed between the pool and here
             self.abort()
-            raise _NothingReceived()
+            raise _Unusable()
         self._busy, self._stream_reply = True, stream_reply
         self._streaming = self._got_bytes = self._headers_done = self._complete = False
         self._framed = self._keep_alive = self._paused = False
@@ -576,6 +580,12 @@ class Pool:
             conn = await self._acquire(deadline)
             try:
                 return await conn.exchange(head, body, stream_reply=stream_reply, deadline=deadline)
+            except _Unusable:
+                if conn.reused:  # closed while idle, nothing sent: another one, any method
+                    continue
+                raise UpstreamClosed(
+                    "the upstream closed the connection at once", answered=False
+                ) from None
             except _NothingReceived:
                 if conn.reused and may_retry:
                     may_retry = False

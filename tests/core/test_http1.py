@@ -878,6 +878,20 @@ async def test_a_stream_that_ended_while_its_reader_was_behind_gives_back_a_read
     assert up.accepted == 1
 
 
+async def test_a_post_never_goes_out_on_an_idle_connection_that_is_closing() -> None:
+    """Closing, but not yet closed (its end is reported on a later turn): skipped, and the POST
+    goes out on a new connection, since nothing was sent on the old one."""
+    async with Upstream(replies(reply(b"{}"), reply(b"{}"))) as up:
+        pool = up.pool()
+        assert (await pool.request("POST", "/chat/completions", {}, b"{}")).body == b"{}"
+        [idle] = list(pool._idle)
+        assert idle.transport is not None
+        idle.transport.close()  # is_closing() now; connection_lost comes later
+        again = await pool.request("POST", "/chat/completions", {}, b"{}")
+    assert again.body == b"{}"
+    assert up.accepted == 2
+
+
 # -- 14. header injection --------------------------------------------------------------------------
 
 
