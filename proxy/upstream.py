@@ -7,12 +7,12 @@ import fnmatch
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from prometheus_client import Counter
 from yarl import URL
 
@@ -71,14 +71,8 @@ def forward_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in drop}
 
 
-def reply_headers(headers: CIMultiDictProxy[str] | Mapping[str, str]) -> CIMultiDict[str]:
-    """The upstream's headers that go back to the client."""
-    drop = _REPLY_DROP | _connection_tokens(headers) if "Connection" in headers else _REPLY_DROP
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
-
-
-def _reply_pairs(pairs: list[tuple[str, str]]) -> CIMultiDict[str]:
-    """:func:`reply_headers` of headers as the lean client gives them (in order, as pairs)."""
+def reply_headers(pairs: Sequence[tuple[str, str]]) -> CIMultiDict[str]:
+    """The upstream's headers (in order, as pairs) that go back to the client."""
     drop = _REPLY_DROP
     for name, value in pairs:
         if name.lower() == "connection":
@@ -193,10 +187,8 @@ class Upstream:
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self.failure(exc, "unreachable") from exc
-        call.note.answered(self.name, resp.status, started)
-        if resp.status >= 400 and self._errors is not None:  # answered, but with a refusal
-            self._errors.labels(upstream=self.name, kind=f"http_{resp.status // 100}xx").inc()
-        headers = reply_headers(resp.headers)
+        self._answered(call, resp.status, started)
+        headers = reply_headers(list(resp.headers.items()))
         if stream_reply or is_streamed(resp.headers.get("Content-Type", "")):
             stream = _Chunks(resp.content, self)
             return Reply(resp.status, headers, stream=stream, closer=_closer(resp))
@@ -227,17 +219,21 @@ class Upstream:
             answered = getattr(exc, "answered", False)
             raise self.failure(exc, "broken" if answered else "unreachable") from exc
         status = answer.status
-        call.note.answered(self.name, status, started, at=answer.headers_at)
-        if status >= 400 and self._errors is not None:  # answered, but with a refusal
-            self._errors.labels(upstream=self.name, kind=f"http_{status // 100}xx").inc()
+        self._answered(call, status, started, at=answer.headers_at)
         if answer.stream is None:
-            return Reply(status, _reply_pairs(answer.headers), body=answer.body)
+            return Reply(status, reply_headers(answer.headers), body=answer.body)
         return Reply(
             status,
-            _reply_pairs(answer.headers),
+            reply_headers(answer.headers),
             stream=_Chunks(answer.stream, self),
             closer=_lean_closer(answer),
         )
+
+    def _answered(self, call: Call, status: int, started: float, *, at: float = 0.0) -> None:
+        """The upstream answered with ``status`` (its headers in at ``at``, default now)."""
+        call.note.answered(self.name, status, started, at=at)
+        if status >= 400 and self._errors is not None:  # answered, but with a refusal
+            self._errors.labels(upstream=self.name, kind=f"http_{status // 100}xx").inc()
 
     def failure(self, exc: BaseException, kind: str) -> UpstreamError:
         """The proxy's error for a failed exchange, counted: a timeout is 504, the rest 502."""

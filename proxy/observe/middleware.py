@@ -101,9 +101,7 @@ class Observer:
             token = open_note(note)
             if self.count:
                 self._live_change += 1
-                if not self._scheduled:  # the gauge moves by the next turn even if none ends
-                    self._scheduled = True
-                    asyncio.get_running_loop().call_soon(self.drain)
+                self._schedule_drain()  # the gauge moves by the next turn even if none ends
             response: web.StreamResponse | None = None
             status = _CLIENT_GONE
             try:
@@ -119,11 +117,14 @@ class Observer:
                     self._live_change -= 1
                 sent = _bytes_out(response) if self.log is not None else 0
                 self._seen.append((request, note, response, status, time.perf_counter(), sent))
-                if not self._scheduled:
-                    self._scheduled = True
-                    asyncio.get_running_loop().call_soon(self.drain)
+                self._schedule_drain()
 
         return observe
+
+    def _schedule_drain(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.drain)
 
     def drain(self) -> None:
         """Log and count the requests that ended since the last call, together, and move the

@@ -87,9 +87,16 @@ class RequestLog:
         return (logging.ERROR if status >= 500 else logging.INFO) >= self.level
 
     def emit(self, fields: dict[str, Any]) -> None:
-        """Queue one line; ``fields`` gets ``time`` and ``level`` in front."""
+        """Queue one line, written when the event loop next gets round to it; ``fields`` gets
+        ``time`` and ``level`` in front."""
         level = "error" if fields.get("status", 0) >= 500 else "info"
-        self.emit_stamped({"time": self._clock.now(), "level": level, **fields})
+        self.add({"time": self._clock.now(), "level": level, **fields})
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop (a test calling emit directly): write now
+                self.flush()
 
     def now(self) -> str:
         """The ``time`` field of a line made now."""
@@ -99,16 +106,6 @@ class RequestLog:
         """Queue one line that starts with its ``time`` and ``level`` already, for the caller's
         next :meth:`flush`."""
         self._pending.append(orjson.dumps(line, option=_NEWLINE) if self.json else _text(line))
-
-    def emit_stamped(self, line: dict[str, Any]) -> None:
-        """Queue one line that starts with its ``time`` and ``level`` already."""
-        self.add(line)
-        if not self._scheduled:
-            self._scheduled = True
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:  # no loop (a test calling emit directly): write now
-                self.flush()
 
     def flush(self) -> None:
         """Write what is pending, in pieces of whole lines of at most ``PIPE_BUF`` bytes: a pipe
